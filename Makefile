@@ -1,0 +1,34 @@
+# modelrun — every workflow is one target. `make demo` shows the product; `make test` proves it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: setup protos protos-check test bench demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+protos: setup
+	PYTHON=$(PY) protos/generate.sh
+
+# Fails when modelrun/proto/ is not what protos/inference.proto generates.
+protos-check: setup
+	@tmp=$$(mktemp -d) && PYTHON=$(PY) protos/generate.sh $$tmp && \
+	  for f in inference_pb2.py inference_pb2.pyi inference_pb2_grpc.py; do \
+	    diff -q $$tmp/$$f modelrun/proto/$$f >/dev/null || { echo "modelrun/proto/$$f is stale: run 'make protos'"; rm -rf $$tmp; exit 1; }; \
+	  done; rm -rf $$tmp; echo "generated protobuf code is current"
+
+test: setup protos-check
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/serving.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,64 @@
+"""SQL for every modelrun program: one pooled SQLAlchemy engine per process, one shared MetaData.
+
+The tables live in their own modules (`predictions`, and the control plane's) and register on
+`metadata`; `create_schema` creates whatever is missing and is safe to run from many processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+metadata = sa.MetaData()
+
+# Drivers we ship; a bare dialect in a URL gets ours.
+_DEFAULT_DRIVERS = {"mysql": "mysql+pymysql", "mariadb": "mysql+pymysql", "postgresql": "postgresql+pg8000"}
+
+
+def normalize_url(url: str) -> sa.URL:
+    parsed = make_url(url)
+    if parsed.drivername in _DEFAULT_DRIVERS:
+        parsed = parsed.set(drivername=_DEFAULT_DRIVERS[parsed.drivername])
+    return parsed
+
+
+def make_engine(url: str, *, connect_timeout: float = 3.0) -> sa.Engine:
+    """A pooled engine with short timeouts, so a database that is down fails fast instead of hanging."""
+    parsed = normalize_url(url)
+    backend = parsed.get_backend_name()
+    kwargs: dict = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": connect_timeout}
+    elif backend == "mysql":
+        seconds = max(1, int(connect_timeout))
+        kwargs["connect_args"] = {"connect_timeout": seconds, "read_timeout": 30, "write_timeout": 30}
+        kwargs["pool_recycle"] = 1800
+    elif backend == "postgresql":
+        kwargs["connect_args"] = {"timeout": max(1, int(connect_timeout))}
+        kwargs["pool_recycle"] = 1800
+    engine = sa.create_engine(parsed, **kwargs)
+    if backend == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the control plane read while model servers write; busy_timeout waits for a writer
+    # instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_schema(engine: sa.Engine) -> None:
+    """Create missing tables. Two processes racing here is fine: the loser sees the tables exist."""
+    try:
+        metadata.create_all(engine, checkfirst=True)
+    except sa.exc.DatabaseError:
+        metadata.create_all(engine, checkfirst=True)
