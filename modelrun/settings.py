@@ -1,0 +1,66 @@
+"""Settings of the control plane and the CLI, from the environment (prefix MODELRUN_).
+
+Built once at each program's entry point (the `api`/`on_upload` functions, `modelrun up`, the CLI)
+and passed down; nothing else reads os.environ. The model server has its own class in
+serving/settings.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELRUN_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.modelrun"))
+    """Local state: the SQLite database, the bucket folder, model bundles, logs and the API token."""
+
+    api: str = "http://127.0.0.1:8080"
+    """Where the CLI and the Python client find the control plane."""
+
+    token: str | None = None
+    """Bearer token for the REST API. Unset: read from $MODELRUN_HOME/token (written by the first `modelrun up`)."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL for deployments and predictions. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
+
+    storage: str = "local"
+    """Storage backend: `local` (a folder as the bucket)."""
+
+    builder: str = "local"
+    """Builder backend: `local` (stage model and training data into a bundle folder)."""
+
+    runner: str = "local"
+    """Runner backend: `local` (a model-server process on a free loopback port)."""
+
+    reconcile_interval: float = 2.0
+    """Seconds between reconciler passes in `modelrun up` (API writes also wake it at once)."""
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def bucket_dir(self) -> Path:
+        return self.home_dir / "bucket"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home_dir / "token"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'modelrun.db'}"
+
+    def resolved_token(self) -> str | None:
+        """The token from MODELRUN_TOKEN, else the one `modelrun up` stored, else None."""
+        if self.token:
+            return self.token
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError:
+            return None
