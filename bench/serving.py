@@ -129,15 +129,24 @@ def stop(server: Server, grace: float = 15.0) -> None:
             server.proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(server: Server, concurrency: int, warmup: float, duration: float, seed: int) -> dict:
-    """One measured row: a fresh load-generator process against one server."""
+    """One measured row: a fresh load-generator process against one server. Also the server's CPU time per
+    answered request, a figure that other work on the machine disturbs much less than rps."""
     cmd = [sys.executable, str(BENCH / "loadgen.py"), "--target", server.target, "--model", server.model,
            "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration),
            "--seed", str(seed)]
+    cpu_before = cpu_seconds(server.proc.pid)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=warmup + duration + 120)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed against {LABELS[server.key]}:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["server_cpu_us"] = (cpu_seconds(server.proc.pid) - cpu_before) * 1e6 / max(result["ok_total"], 1)
     server.answered += result["ok_total"]
     server.runs.append(result)
     return result
@@ -178,7 +187,8 @@ def measure(servers: list[Server], concurrencies: list[int], reps: int, warmup: 
                 r = load(server, c, warmup, duration, seed=len(results))
                 results.append({"server": server.key, "rep": rep, **r})
                 say(f"  rep {rep + 1}/{reps}  c={c:<3} {LABELS[server.key]:<22} {r['rps']:8.0f} rps  "
-                    f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  errors {sum(r['errors'].values())}")
+                    f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  server CPU {r['server_cpu_us']:.0f} us/req  "
+                    f"errors {sum(r['errors'].values())}")
     return results
 
 
@@ -192,6 +202,7 @@ def summarize(results: list[dict]) -> list[dict]:
                         "rps": statistics.median(r["rps"] for r in runs),
                         "p50_ms": statistics.median(r["p50_ms"] for r in runs),
                         "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                        "server_cpu_us": statistics.median(r["server_cpu_us"] for r in runs),
                         "errors": sum(sum(r["errors"].values()) for r in runs), "reps": len(runs)})
     ceiling = {row["concurrency"]: row["rps"] for row in summary if row["server"] == "ceiling"}
     for row in summary:
@@ -219,11 +230,12 @@ def environment() -> dict:
 
 
 def table_lines(doc: dict) -> list[str]:
-    lines = ["| server | concurrency | rps | p50 ms | p99 ms | vs ceiling | errors |", "|---|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| server | concurrency | rps | p50 ms | p99 ms | vs ceiling | server CPU µs/req | errors |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|"]
     for r in doc["rows"]:
         ratio = "" if r["vs_ceiling"] is None else f"{r['vs_ceiling']:.0%}"
         lines.append(f"| {r['label']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                     f"| {ratio} | {r['errors']} |")
+                     f"| {ratio} | {r['server_cpu_us']:.0f} | {r['errors']} |")
     lines.append("")
     for t in doc["targets"]:
         verdict = "n/a (not measured)" if t["met"] is None else ("met" if t["met"] else "NOT met")
