@@ -79,6 +79,7 @@ async def run(target: str, model: str, concurrency: int, warmup: float, duration
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
         "ok_total": stats.ok_total,
+        "client_cpu_us": time.process_time() * 1e6 / max(stats.ok_total, 1),  # incl. start-up; a rough figure
         "errors": stats.errors,
     }
 

@@ -187,7 +187,8 @@ def measure(servers: list[Server], concurrencies: list[int], reps: int, warmup: 
                 r = load(server, c, warmup, duration, seed=len(results))
                 results.append({"server": server.key, "rep": rep, **r})
                 say(f"  rep {rep + 1}/{reps}  c={c:<3} {LABELS[server.key]:<22} {r['rps']:8.0f} rps  "
-                    f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  server CPU {r['server_cpu_us']:.0f} us/req  "
+                    f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  CPU us/req server {r['server_cpu_us']:.0f} "
+                    f"client {r['client_cpu_us']:.0f}  "
                     f"errors {sum(r['errors'].values())}")
     return results
 
