@@ -1,0 +1,219 @@
+"""The `modelrun` command (design 2.5): run the local stack, deploy, inspect, update, delete, predict.
+
+Thin: each command parses its options, makes one Client call and prints the result (`--json` for
+machine-readable output). A modelrun error becomes one line on standard error and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from modelrun import __version__, errors
+from modelrun.settings import Settings
+
+
+class _Group(click.Group):
+    """Turns modelrun errors (and a bad environment) into one line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except errors.ModelrunError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"MODELRUN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise errors.InvalidInput(f"bad environment: {problems}") from None
+
+
+def _client():
+    from modelrun.client import Client
+
+    return Client(settings=_settings())
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def _load_config(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise errors.InvalidInput(f"{path} is neither JSON nor YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise errors.InvalidInput(f"{path} must hold a JSON/YAML object (key: value pairs)")
+    return value
+
+
+def _finish(deployment: dict, as_json: bool, verb: str, elapsed: float | None = None) -> None:
+    """Print a waited-for deployment; exit 1 when it FAILED."""
+    if as_json:
+        from modelrun.cli_output import echo_json
+
+        echo_json(deployment)
+    name, status = deployment["name"], deployment["status"]
+    if status == "FAILED":
+        click.echo(f"error: {name} FAILED: {deployment.get('error') or 'no reason given'}", err=True)
+        sys.exit(1)
+    if not as_json:
+        took = f" in {elapsed:.1f}s" if elapsed is not None else ""
+        click.echo(f"{name} {verb}{took}: READY at {deployment.get('endpoint')} (revision {deployment.get('revision')})")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelrun")
+def cli():
+    """Deploy a trained Keras/TensorFlow model as a gRPC endpoint.
+
+    Run `modelrun up` in one terminal, then deploy, predict, update and delete from another. The
+    environment picks the target: MODELRUN_API (default http://127.0.0.1:8080), MODELRUN_TOKEN
+    (default: the token `modelrun up` wrote in MODELRUN_HOME, default ~/.modelrun).
+    """
+
+
+@cli.command()
+@click.option("--port", default=8080, show_default=True, help="Port of the REST API on 127.0.0.1.")
+@json_option
+def up(port: int, as_json: bool):
+    """Run the local control plane: REST API, reconciler and bucket watcher, until Ctrl-C."""
+    from modelrun.local import run
+
+    sys.exit(run(_settings(), port, as_json=as_json))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--model", "model_uri", required=True, help="A .keras file or SavedModel folder (path, file:// or gs://).")
+@click.option("--training-data", "training_data_uri", required=True, help="CSV, JSON or Parquet the model was trained on.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="JSON/YAML config file.")
+@click.option("--wait", is_flag=True, help="Block until READY or FAILED, showing progress.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait with --wait.")
+@json_option
+def deploy(name, model_uri, training_data_uri, config_file, wait, timeout, as_json):
+    """Deploy a model as NAME."""
+    _submit(name, wait, timeout, as_json, "deployed", lambda client, **kw: client.deploy(
+        name, _uri(model_uri), _uri(training_data_uri), _load_config(config_file), **kw))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--model", "model_uri", help="The new model.")
+@click.option("--training-data", "training_data_uri", help="The new training data.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="JSON/YAML config file.")
+@click.option("--wait", is_flag=True, help="Block until the new revision is READY or FAILED.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait with --wait.")
+@json_option
+def update(name, model_uri, training_data_uri, config_file, wait, timeout, as_json):
+    """Roll out a new revision of NAME; the current one serves until the new one is READY."""
+    _submit(name, wait, timeout, as_json, "updated", lambda client, **kw: client.update(
+        name, model_uri=_uri(model_uri), training_data_uri=_uri(training_data_uri),
+        config=_load_config(config_file), **kw))
+
+
+def _submit(name, wait, timeout, as_json, verb, call):
+    from modelrun.cli_output import Progress, echo_json
+
+    client = _client()
+    if not wait:
+        deployment = call(client)
+        if as_json:
+            echo_json(deployment)
+        else:
+            click.echo(f"{name}: {deployment.get('status')} (revision {deployment.get('revision')}) — "
+                       f"follow it with `modelrun get {name}`")
+        return
+    with Progress(name) as progress:
+        deployment = call(client, wait=True, timeout=timeout, on_progress=progress)
+    _finish(deployment, as_json, verb, progress.elapsed)
+
+
+def _uri(value: str | None) -> str | None:
+    """Relative local paths are made absolute: the control plane does not share the CLI's directory."""
+    if not value or "://" in value:
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+@cli.command(name="list")
+@json_option
+def list_(as_json):
+    """List deployments."""
+    from modelrun.cli_output import deployment_table, echo_json
+
+    deployments = _client().list()
+    if as_json:
+        echo_json({"deployments": deployments})
+    elif not deployments:
+        click.echo("no deployments yet — create one with `modelrun deploy NAME --model ... --training-data ...`")
+    else:
+        deployment_table(deployments)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+def get(name, as_json):
+    """Show one deployment (exit 1 when there is none)."""
+    from modelrun.cli_output import deployment_detail, echo_json
+
+    deployment = _client().get(name)
+    echo_json(deployment) if as_json else deployment_detail(deployment)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Block until the deployment is gone.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --wait.")
+@json_option
+def delete(name, wait, timeout, as_json):
+    """Delete NAME and stop its model server."""
+    from modelrun.cli_output import echo_json
+
+    deployment = _client().delete(name, wait=wait, timeout=timeout)
+    if as_json:
+        echo_json({"name": name, "deleted": True} if wait else deployment)
+    else:
+        click.echo(f"{name} deleted" if wait else f"{name}: deleting")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("rows", required=False, metavar="[FILE|-]")
+@json_option
+def predict(name, rows, as_json):
+    """Predict JSON rows (a list of objects keyed by feature) or CSV rows from FILE or standard input."""
+    from modelrun.cli_output import echo_json, predictions_table, read_rows
+
+    data = read_rows(rows)
+    predictions = _client().predict(name, data)
+    echo_json(predictions) if as_json else predictions_table(data, predictions)
+
+
+def main() -> None:
+    cli(prog_name="modelrun")
+
+
+if __name__ == "__main__":
+    main()
