@@ -1,0 +1,75 @@
+"""`python -m serving`: read the settings (flags override the environment), run the server, exit.
+
+Exit codes: 0 after a clean stop, 1 when the model cannot be loaded or the port bound, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from serving.settings import ServingSettings
+
+# Flag -> settings field. Everything else comes from MODELRUN_* variables only.
+FLAGS = {
+    "--model": "model_uri", "--name": "model_name", "--port": "port", "--host": "host",
+    "--revision": "revision", "--database-url": "database_url", "--feature-names": "feature_names",
+}
+ENV_NAMES = {"port": "PORT"}  # fields whose variable has no MODELRUN_ prefix
+
+
+def parse_args(argv: list[str] | None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m serving", description="Serve one TensorFlow/Keras model "
+                                     "over the Open Inference Protocol (gRPC). Every flag can also be set "
+                                     "from the environment (MODELRUN_*, PORT).")
+    for flag, field in FLAGS.items():
+        doc = ServingSettings.model_fields[field].description or ""
+        parser.add_argument(flag, dest=field, default=None, help=f"{doc} [env {_env_name(field)}]")
+    args = parser.parse_args(argv)
+    return {field: value for field, value in vars(args).items() if value is not None}
+
+
+def _env_name(field: str) -> str:
+    return ENV_NAMES.get(field, f"MODELRUN_{field.upper()}")
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming every bad or missing setting by its flag/variable."""
+    problems = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        flag = next((f for f, name in FLAGS.items() if name == field), None)
+        where = f"{flag} / {_env_name(field)}" if flag else _env_name(field)
+        if item["type"] == "missing":
+            problems.append(f"{where} is required")
+        else:
+            problems.append(f"{where}={item.get('input')!r}: {item['msg']}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse_args(argv)  # argparse itself exits 2 on an unknown flag
+    try:
+        settings = ServingSettings(**overrides)
+    except ValidationError as exc:
+        print(f"serving: {describe(exc)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.server import serve
+
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # Skip interpreter teardown: it would wait for a model thread still importing TensorFlow after an
+    # early stop, and TensorFlow's own teardown adds nothing once the log is flushed.
+    os._exit(code)

@@ -1,0 +1,177 @@
+"""The server's core: readiness, metadata and inference on numpy + dataclasses (no protobuf here).
+
+`DataPlane` starts without a model (the server listens first) and becomes ready when `set_model` is
+called after loading and warm-up. Every request is checked against the model's signature before it
+reaches the model; each check names the input and what was expected vs received.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+
+import modelrun
+from modelrun.errors import InvalidInput, NotFound, Unavailable
+from serving.batching import Batcher
+from serving.model import Model
+from serving.types import (InferRequest, InferResponse, ModelMetadata, ServerMetadata, TensorSpec, datatype_of,
+                           format_shape)
+
+SERVER_NAME = "modelrun"
+_FLOATS = frozenset(("FP16", "FP32", "FP64"))
+
+
+class DataPlane:
+    def __init__(self, name: str, revision: int, *, feature_names: list[str] | None = None, logger=None):
+        self.name = name
+        self.version = str(revision)
+        self.revision = revision
+        self.feature_names = feature_names
+        self.logger = logger  # a PredictionLogger, or None when prediction logging is off
+        self.model: Model | None = None
+        self.batcher: Batcher | None = None
+        self._inputs: dict[str, TensorSpec] = {}
+        self._outputs: dict[str, TensorSpec] = {}
+        self._columns: list[str] | None = None  # log column names for a single 2-D input
+
+    # ---- lifecycle ----
+    def set_model(self, model: Model, batcher: Batcher) -> None:
+        """Make the loaded, warmed-up model live. Raises ValueError when feature_names do not fit it."""
+        self._inputs = {spec.name: spec for spec in model.inputs}
+        self._outputs = {spec.name: spec for spec in model.outputs}
+        self._columns = self._log_columns(model)
+        self.model, self.batcher = model, batcher
+
+    def _log_columns(self, model: Model) -> list[str] | None:
+        if len(model.inputs) != 1 or len(model.inputs[0].shape) != 2:
+            return None  # one log column per named input
+        spec = model.inputs[0]
+        width = spec.shape[1]
+        if self.feature_names is not None and width != -1 and len(self.feature_names) != width:
+            raise ValueError(f"MODELRUN_FEATURE_NAMES has {len(self.feature_names)} names but input "
+                             f"'{spec.name}' has {width} columns")
+        return self.feature_names or ([f"{spec.name}_{i}" for i in range(width)] if width != -1 else None)
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.ready and name == self.name and version in ("", self.version)
+
+    # ---- metadata ----
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(name=SERVER_NAME, version=modelrun.__version__, extensions=[])
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self._check_model(name, version)
+        return ModelMetadata(name=self.name, versions=[self.version], platform=model.platform,
+                             inputs=list(model.inputs), outputs=list(model.outputs))
+
+    def _check_model(self, name: str, version: str) -> Model:
+        if name != self.name:
+            raise NotFound(f"model '{name}' is not served here; this server serves '{self.name}'")
+        if version not in ("", self.version):
+            raise NotFound(f"model '{name}' has no version '{version}'; the served version is '{self.version}'")
+        if self.model is None:
+            raise Unavailable(f"model '{name}' is still loading; retry when the server reports SERVING")
+        return self.model
+
+    # ---- inference ----
+    def check_model(self, name: str, version: str = "") -> None:
+        """NOT_FOUND / UNAVAILABLE before the request body is decoded."""
+        self._check_model(name, version)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        started = request.started or time.perf_counter()
+        arrived = request.arrived or datetime.now(UTC)
+        self._check_model(request.model_name, request.model_version)
+        outputs = self._check_outputs(request.outputs)
+        rows = self._check_inputs(request.inputs)
+        inputs = {name: request.inputs[name] for name in self._inputs}  # the model's order
+        result = await self.batcher.predict(inputs)
+        if outputs is not None:
+            result = {name: result[name] for name in outputs}
+        if self.logger is not None:
+            self._log(request, rows, inputs, result, arrived, started)
+        return InferResponse(model_name=self.name, model_version=self.version, id=request.id, outputs=result,
+                             raw=request.raw)
+
+    def _check_outputs(self, wanted: list[str] | None) -> list[str] | None:
+        if wanted is None:
+            return None
+        for name in wanted:
+            if name not in self._outputs:
+                raise InvalidInput(f"unknown output '{name}'; the model's outputs are: {_listing(self._outputs)}")
+        if len(set(wanted)) != len(wanted):
+            raise InvalidInput("an output is requested more than once")
+        return wanted
+
+    def _check_inputs(self, inputs: dict[str, np.ndarray]) -> int:
+        """Validate against the signature; return the number of rows."""
+        for name in inputs:
+            if name not in self._inputs:
+                raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {_listing(self._inputs)}")
+        for name in self._inputs:
+            if name not in inputs:
+                raise InvalidInput(f"missing input '{name}'; the model's inputs are: {_listing(self._inputs)}")
+        rows = None
+        for name, spec in self._inputs.items():
+            array = inputs[name]
+            got = datatype_of(array)
+            if got != spec.datatype:
+                raise InvalidInput(f"input '{name}': expected {spec.datatype}, got {got}")
+            if not spec.matches(array.shape):
+                raise InvalidInput(f"input '{name}': expected shape {format_shape(spec.shape)}, "
+                                   f"got {format_shape(array.shape)}")
+            if array.ndim == 0:
+                continue
+            if array.shape[0] == 0:
+                raise InvalidInput(f"input '{name}' has no rows (shape {format_shape(array.shape)}); "
+                                   "send at least one")
+            if rows is None:
+                rows, first = array.shape[0], name
+            elif array.shape[0] != rows:
+                raise InvalidInput(f"inputs disagree on the number of rows: '{first}' has {rows}, "
+                                   f"'{name}' has {array.shape[0]}")
+            if spec.datatype in _FLOATS:
+                _check_finite(name, array)
+        return rows or 1
+
+    def _log(self, request, rows, inputs, outputs, arrived, started) -> None:
+        from serving.prediction_log import PredictionRecord
+
+        if self._columns is not None:
+            (array,) = inputs.values()
+            features = {column: array[:, i] for i, column in enumerate(self._columns)}
+        else:
+            features = {name: _column(array) for name, array in inputs.items()}
+        self.logger.log(PredictionRecord(
+            deployment=self.name, revision=self.revision, request_id=uuid.uuid4().hex,
+            client_request_id=request.id, ts=arrived,
+            features=features, outputs={name: _column(array) for name, array in outputs.items()},
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+        ))
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    index = np.argwhere(~finite)[0]
+    value = array[tuple(index)]
+    what = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    raise InvalidInput(f"input '{name}' has {what} at row {index[0]}" +
+                       (f", column {index[1]}" if len(index) > 1 else ""))
+
+
+def _column(array: np.ndarray) -> np.ndarray:
+    """[n, 1] -> [n]: one value per row for a per-feature input or a single-value output."""
+    return array[:, 0] if array.ndim == 2 and array.shape[1] == 1 else array
+
+
+def _listing(specs: dict[str, TensorSpec]) -> str:
+    return ", ".join(f"'{name}' ({spec.datatype} {format_shape(spec.shape)})" for name, spec in specs.items())

@@ -1,0 +1,156 @@
+"""The server process: listen first, load the model in the background, serve, shut down cleanly.
+
+Order of events: bind the port (health answers NOT_SERVING) → import TensorFlow and load the model on
+the model thread, start the prediction logger → warm-up inference → health SERVING. A model that
+cannot be loaded ends the process with one clear log line and exit code 1, so a supervisor sees it.
+SIGTERM/SIGINT: health NOT_SERVING, stop accepting, let in-flight RPCs finish (grace period), flush
+the prediction log, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from modelrun.errors import ModelrunError
+from modelrun.proto import inference_pb2 as pb
+from modelrun.proto import inference_pb2_grpc as pb_grpc
+from modelrun.uris import resolve_local
+from serving.batching import Batcher
+from serving.dataplane import DataPlane
+from serving.grpc_service import InferenceServicer
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving")
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+GRACE_SECONDS = 5.0  # Cloud Run allows 10 s after SIGTERM; the rest is for flushing the log
+LOG_CLOSE_SECONDS = 3.0
+
+
+async def serve(settings: ServingSettings) -> int:
+    """Run until SIGTERM/SIGINT. Returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    try:
+        logger = _make_logger(settings)
+    except Exception as exc:
+        log.error("cannot start the prediction log: %s", exc)
+        return 1
+    dataplane = DataPlane(settings.model_name, settings.revision, feature_names=settings.feature_names,
+                          logger=logger)
+    server, health_servicer = await _build_server(settings, dataplane)
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        log.error("cannot listen on %s: %s", address, exc)
+        return 1
+    await server.start()
+    log.info("listening on %s:%d (gRPC, cleartext HTTP/2); loading model %r from %s",
+             settings.host, port, settings.model_name, settings.model_uri)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # the one thread that runs the model
+    startup = asyncio.ensure_future(_start(settings, dataplane, executor, logger))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not startup.done():
+        log.info("stop requested while loading; shutting down")
+        await server.stop(0)
+        return 0  # the loading thread is abandoned; __main__ exits without waiting for it
+    stopped.cancel()
+    if error := startup.exception():
+        log.error("%s", error.message if isinstance(error, ModelrunError) else f"startup failed: {error!r}")
+        await server.stop(0)
+        return 1
+    for service in ("", INFERENCE_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving model %r revision %d (%s) on %s:%d", settings.model_name, settings.revision,
+             dataplane.model.platform, settings.host, port)
+
+    await stop.wait()
+    log.info("stopping: finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(GRACE_SECONDS)
+    await dataplane.batcher.close()
+    stats = dataplane.batcher.stats
+    log.info("served %d requests (%d rows) in %d model calls", stats.requests, stats.rows, stats.calls)
+    if logger is not None:
+        await asyncio.to_thread(logger.close, LOG_CLOSE_SECONDS)
+    executor.shutdown(wait=False)
+    log.info("stopped")
+    return 0
+
+
+async def _start(settings: ServingSettings, dataplane: DataPlane, executor, logger) -> None:
+    """Load and warm up the model on the model thread while the prediction log starts; then go live."""
+    loop = asyncio.get_running_loop()
+    began = time.monotonic()
+    path = resolve_local(settings.model_uri)
+    loading = loop.run_in_executor(executor, _load_and_warm_up, path, settings.intra_op_threads)
+    if logger is not None:
+        await asyncio.to_thread(logger.start)
+    model = await loading
+    batcher = Batcher(model.predict, executor, max_batch_size=settings.max_batch_size,
+                      max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable)
+    try:
+        dataplane.set_model(model, batcher)
+    except ValueError as exc:
+        raise ModelrunError(str(exc)) from None
+    log.info("model loaded and warmed up in %.1f s", time.monotonic() - began)
+
+
+def _load_and_warm_up(path, intra_op_threads: int):
+    from serving.model import load_model  # the module that imports TensorFlow, lazily
+
+    model = load_model(path, intra_op_threads=intra_op_threads)
+    model.warm_up()
+    return model
+
+
+def _make_logger(settings: ServingSettings):
+    if not settings.log_predictions:
+        return None
+    from serving.prediction_log import PredictionLogger
+
+    return PredictionLogger(settings.resolved_database_url, settings.model_name,
+                            sample_rate=settings.log_sample_rate, journal_dir=settings.resolved_journal_dir)
+
+
+async def _build_server(settings: ServingSettings, dataplane: DataPlane):
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # The servicer starts with "" SERVING; nothing is served until the model is warm.
+    for service in ("", INFERENCE_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    services = (INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server, pool=_reflection_pool())
+    return server, health_servicer
+
+
+def _reflection_pool() -> descriptor_pool.DescriptorPool:
+    # Our inference messages live in a private pool (tritonclient may own the default one's `inference.*`);
+    # reflection gets a pool with everything this server speaks.
+    pool = descriptor_pool.DescriptorPool()
+    for module in (pb, health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool

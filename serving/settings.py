@@ -1,0 +1,85 @@
+"""Settings of the model server: one class, from the environment (prefix MODELRUN_) and CLI flags.
+
+Built once in `serving.__main__` and passed down; nothing else in serving reads os.environ.
+`PORT` has no prefix because Cloud Run sets it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELRUN_", extra="ignore", populate_by_name=True)
+
+    model_uri: str = Field(min_length=1)
+    """The model to serve: a Keras `.keras` file or a TensorFlow SavedModel folder, as a path or `file://` URI."""
+
+    model_name: str = Field(min_length=1)
+    """The name clients call the model by (the deployment name); ModelInfer for any other name is NOT_FOUND."""
+
+    port: int = Field(default=8080, ge=0, le=65535, validation_alias=AliasChoices("PORT", "MODELRUN_PORT"))
+    """TCP port for gRPC (cleartext HTTP/2). Read from `PORT`, which Cloud Run sets. 0 picks a free port."""
+
+    host: str = "0.0.0.0"
+    """Interface to listen on: 0.0.0.0 for all (containers), 127.0.0.1 for a local deployment."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the prediction log. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
+
+    revision: int = Field(default=1, ge=1)
+    """The deployment revision this server runs; reported as the model version and logged with each prediction."""
+
+    feature_names: Annotated[list[str] | None, NoDecode] = None
+    """Comma-separated column names for a model with one 2-D input (the training data's feature columns),
+    used to log each column under its name. Unset: `<input>_<i>`."""
+
+    max_message_bytes: int = Field(default=64 * MIB, gt=0)
+    """Largest request and response message in bytes; a larger request is refused with RESOURCE_EXHAUSTED."""
+
+    max_batch_size: int = Field(default=256, ge=1)
+    """Most rows one model call may combine from concurrent requests (a larger single request still runs whole)."""
+
+    batch_max_wait_ms: float = Field(default=0.0, ge=0)
+    """How long a model call may wait for more requests to batch. 0: never wait; requests that arrive while the
+    model is busy are batched into its next call."""
+
+    log_predictions: bool = True
+    """Write every prediction (or a sample) to the prediction log."""
+
+    log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of requests logged, 0..1."""
+
+    journal_dir: Path | None = None
+    """Where unwritten prediction-log rows are kept while the database is unreachable.
+    Unset: $MODELRUN_HOME/journal/<model name>."""
+
+    home: Path = Path("~/.modelrun")
+    """Local state folder (the default database and journal live here)."""
+
+    intra_op_threads: int = Field(default=1, ge=0)
+    """TensorFlow threads inside one operation; 0 lets TensorFlow choose. 1 suits small tabular models best."""
+
+    @field_validator("feature_names", mode="before")
+    @classmethod
+    def _split_names(cls, value):
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",")]
+            if any(not name for name in names):
+                raise ValueError("empty name in the comma-separated list")
+            return names or None
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.expanduser() / 'modelrun.db'}"
+
+    @property
+    def resolved_journal_dir(self) -> Path:
+        return (self.journal_dir or self.home / "journal" / self.model_name).expanduser()
