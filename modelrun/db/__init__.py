@@ -42,17 +42,18 @@ def make_engine(url: str, *, connect_timeout: float = 3.0) -> sa.Engine:
         kwargs["pool_recycle"] = 1800
     engine = sa.create_engine(parsed, **kwargs)
     if backend == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        busy_ms = max(1, int(connect_timeout * 1000))
+        sa.event.listen(engine, "connect", lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, busy_ms))
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection, busy_ms: int) -> None:
     # WAL lets the control plane read while model servers write; busy_timeout waits for a writer
-    # instead of failing at once.
+    # instead of failing at once, as long as `connect_timeout` (a fixed value here would override it).
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()
 
 

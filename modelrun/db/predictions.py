@@ -1,0 +1,167 @@
+"""The prediction log: one row per ModelInfer request, written by the model server, read by drift.
+
+Features and outputs are stored as columnar JSON text, `{"age": [31, 45], "city": ["Oslo", "Rome"]}`
+(one list per feature, one element per row of the request's batch). `encode_columns` turns the
+server's numpy arrays into that text; `read_predictions` turns it back into dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from modelrun.db import metadata
+
+_LONGTEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")  # MySQL TEXT stops at 64 KiB
+_TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")  # keep microseconds
+
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("deployment", sa.String(63), nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("client_request_id", sa.String(256), nullable=False, default=""),
+    sa.Column("ts", _TIMESTAMP, nullable=False),  # naive UTC
+    sa.Column("batch_size", sa.Integer, nullable=False),
+    sa.Column("features", _LONGTEXT, nullable=False),
+    sa.Column("outputs", _LONGTEXT, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.UniqueConstraint("deployment", "request_id", name="uq_predictions_deployment_request"),
+    sa.Index("ix_predictions_deployment_ts", "deployment", "ts"),
+)
+
+COLUMNS = ("deployment", "revision", "request_id", "client_request_id", "ts", "batch_size", "features",
+           "outputs", "latency_ms")
+
+
+# ---- encoding -------------------------------------------------------------------------------------
+
+def _decode(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:  # not text: keep distinct values distinct and readable
+        return value.decode("utf-8", "backslashreplace")
+
+
+def _default(value):
+    """orjson hook for what it does not serialize itself."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _decode(bytes(value))
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+_NUMERIC_KINDS = frozenset("biuf")
+
+
+def encode_columns(columns: dict[str, np.ndarray]) -> str:
+    """`{name: array}` → columnar JSON text. Bytes become UTF-8 strings; NaN/inf become null."""
+    prepared = {}
+    for name, array in columns.items():
+        array = np.asarray(array)
+        if array.dtype.kind in _NUMERIC_KINDS:
+            # orjson writes contiguous native-endian numeric arrays in C, without a Python loop.
+            if not array.flags.c_contiguous or not array.dtype.isnative:
+                array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+            prepared[name] = array
+        else:
+            prepared[name] = array.tolist()
+    try:
+        return orjson.dumps(prepared, default=_default, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:  # a dtype orjson refuses (e.g. float16 on old builds): go through Python lists
+        slow = {name: np.asarray(a).tolist() for name, a in columns.items()}
+        return orjson.dumps(slow, default=_default).decode()
+
+
+def batch_size_of(columns: dict[str, np.ndarray]) -> int:
+    for array in columns.values():
+        shape = np.shape(array)
+        return int(shape[0]) if shape else 1
+    return 0
+
+
+def utc_naive(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+# ---- writing --------------------------------------------------------------------------------------
+
+def insert_ignoring_duplicates(conn: sa.Connection, rows: Sequence[dict]) -> int:
+    """Insert `rows` (dicts keyed by COLUMNS, `ts` naive UTC) in one statement; a (deployment,
+    request_id) that is already there is skipped, so replaying a journal twice never makes a second row.
+
+    SQLite runs `INSERT OR IGNORE` through the driver's C executemany loop; PyMySQL rewrites an
+    executemany into one multi-row `INSERT IGNORE ... VALUES (..), (..)`. pg8000 would send one
+    round trip per row, so PostgreSQL gets the whole batch as one JSON parameter, expanded server-side
+    by json_to_recordset (about ten times less Python per row than a multi-row VALUES).
+    Returns the number of rows actually inserted (duplicates excluded), as the driver reports it.
+    """
+    if not rows:
+        return 0
+    name = conn.dialect.name
+    if name == "postgresql":
+        result = conn.execute(_PG_INSERT, {"batch": orjson.dumps(list(rows)).decode()})
+    elif name == "sqlite":
+        result = conn.execute(_SQLITE_INSERT, list(rows))
+    elif name in ("mysql", "mariadb"):
+        result = conn.execute(_MYSQL_INSERT, list(rows))
+    else:
+        raise NotImplementedError(f"prediction log: unsupported database {name!r} (sqlite, mysql, postgresql)")
+    return max(result.rowcount, 0)
+
+
+def _pg_insert() -> sa.Insert:
+    columns = [sa.column(name, predictions.c[name].type) for name in COLUMNS]
+    batch = sa.cast(sa.bindparam("batch", type_=sa.Text), postgresql.JSON)
+    recordset = sa.func.json_to_recordset(batch).table_valued(*columns).render_derived(name="batch", with_types=True)
+    select = sa.select(*(recordset.c[name] for name in COLUMNS))
+    return postgresql.insert(predictions).from_select(list(COLUMNS), select).on_conflict_do_nothing()
+
+
+_SQLITE_INSERT = sqlite.insert(predictions).on_conflict_do_nothing()
+_MYSQL_INSERT = sa.insert(predictions).prefix_with("IGNORE")
+_PG_INSERT = _pg_insert()
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def count_predictions(engine: sa.Engine, deployment: str) -> int:
+    with engine.connect() as conn:
+        query = sa.select(sa.func.count()).select_from(predictions).where(predictions.c.deployment == deployment)
+        return int(conn.execute(query).scalar_one())
+
+
+def read_predictions(engine: sa.Engine, deployment: str, *, since: datetime | None = None,
+                     after_id: int | None = None, limit: int | None = None) -> list[dict]:
+    """Rows of one deployment in id order, with `features`/`outputs` decoded and `ts` as aware UTC.
+    `since` filters on ts (>=); `after_id` lets a reader resume from a watermark."""
+    return list(iter_predictions(engine, deployment, since=since, after_id=after_id, limit=limit))
+
+
+def iter_predictions(engine: sa.Engine, deployment: str, *, since: datetime | None = None,
+                     after_id: int | None = None, limit: int | None = None) -> Iterator[dict]:
+    query = sa.select(predictions).where(predictions.c.deployment == deployment).order_by(predictions.c.id)
+    if since is not None:
+        query = query.where(predictions.c.ts >= utc_naive(since))
+    if after_id is not None:
+        query = query.where(predictions.c.id > after_id)
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            item = dict(row)
+            item["ts"] = item["ts"].replace(tzinfo=UTC)
+            item["features"] = orjson.loads(item["features"])
+            item["outputs"] = orjson.loads(item["outputs"])
+            yield item

@@ -1,0 +1,293 @@
+"""The prediction log writer: every ModelInfer request becomes one row in `predictions`, nothing is lost.
+
+`log()` runs on the request path: it only samples and appends the record to a bounded in-memory queue.
+A background thread turns queued records into rows (all JSON encoding happens there) and writes each
+batch as one multi-row INSERT in one transaction (group commit). When the database fails, the failed
+batch and every later one go to a local journal (JSON lines, fsync'd per batch) while the thread
+probes the database with backoff; when it answers again the journal is replayed in chunks and the
+replayed files are deleted. Inserts skip an existing (deployment, request_id), so a replay that is
+interrupted or repeated never makes a second row. A full queue spills records to the journal from
+`log()` itself rather than block. Journals left by an earlier process are replayed after `start()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from random import random
+
+import numpy as np
+import sqlalchemy as sa
+
+from modelrun.db import create_schema, make_engine
+from modelrun.db.predictions import (batch_size_of, encode_columns, insert_ignoring_duplicates, predictions,
+                                     utc_naive)
+from serving.prediction_journal import Journal, read_rows
+
+log = logging.getLogger("modelrun.predictions")
+
+_PROBE_FIRST, _PROBE_MAX = 0.2, 3.0  # seconds between database probes while it is down (doubling)
+_CLOSE_RESERVE = 1.0  # of close()'s timeout, kept for journaling what the database did not take
+
+
+@dataclass
+class PredictionRecord:
+    deployment: str
+    revision: int
+    request_id: str  # server-generated uuid4 hex, unique per request
+    client_request_id: str  # the gRPC request's `id`, may be ""
+    ts: datetime  # UTC, when the request arrived
+    features: dict[str, np.ndarray]  # input features by feature name; must not be mutated after log()
+    outputs: dict[str, np.ndarray]
+    latency_ms: float
+
+
+def _text(value, limit: int) -> str:
+    return str(value).replace("\x00", "")[:limit]  # PostgreSQL text cannot hold NUL
+
+
+def record_to_row(r: PredictionRecord) -> dict:
+    """A record as a `predictions` row (without id). Strings are cut to their column's size."""
+    latency = float(r.latency_ms)
+    return {"deployment": _text(r.deployment, 63), "revision": int(r.revision),
+            "request_id": _text(r.request_id, 64), "client_request_id": _text(r.client_request_id or "", 256),
+            "ts": utc_naive(r.ts), "batch_size": batch_size_of(r.features),
+            "features": encode_columns(r.features), "outputs": encode_columns(r.outputs),
+            "latency_ms": latency if math.isfinite(latency) else -1.0}
+
+
+def _rows(records) -> list[dict]:
+    rows = []
+    for record in records:
+        try:
+            rows.append(record_to_row(record))
+        except Exception:  # one unencodable record must not sink its batch
+            log.exception("prediction log: dropping a record that cannot be encoded (request %s)",
+                          getattr(record, "request_id", "?"))
+    return rows
+
+
+def _is_bad_data(error: Exception) -> bool:
+    """The database answered and refused these rows (as opposed to being unreachable or locked)."""
+    return isinstance(error, sa.exc.IntegrityError | sa.exc.DataError)
+
+
+class PredictionLogger:
+    def __init__(self, database_url: str, deployment: str, *, sample_rate: float = 1.0, journal_dir: Path,
+                 queue_size: int = 10000, batch_rows: int = 500, flush_interval: float = 0.05):
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
+        self.deployment = deployment
+        self._url, self._sample_rate = database_url, sample_rate
+        self._queue_size, self._batch_rows, self._flush_interval = queue_size, max(1, batch_rows), flush_interval
+        self._queue: deque[PredictionRecord] = deque()
+        self._wake = threading.Event()
+        self._engine: sa.Engine | None = None
+        prefix = f"predictions-{deployment}-"
+        self._journal_dir = Path(journal_dir)
+        self._journal = Journal(self._journal_dir, prefix)  # the writer thread's, for batches
+        self._spill = Journal(self._journal_dir, prefix)  # log()'s and close()'s, when the queue is full
+        self._thread: threading.Thread | None = None
+        # The writer moves records from the queue to `_inflight` under `_handoff`; a close() that times
+        # out takes both under the same lock and journals them itself.
+        self._handoff = threading.Lock()
+        self._inflight: list[PredictionRecord] = []
+        self._abandoned = self._stopping = self._closed = False
+        self._down_since: float | None = None
+        self._next_probe, self._backoff = 0.0, _PROBE_FIRST
+        self._replay_needed = True
+        self._replayed = {"files": 0, "rows": 0, "new": 0, "bad": 0}
+        self.counts = {"written": 0, "journaled": 0, "spilled": 0, "rejected": 0}
+
+    # ---- the request path --------------------------------------------------------------------------
+
+    def log(self, record: PredictionRecord) -> None:
+        try:
+            if self._sample_rate < 1.0 and random() >= self._sample_rate:
+                return
+            queue = self._queue
+            if len(queue) < self._queue_size and not self._closed:
+                queue.append(record)
+                if len(queue) >= self._batch_rows:
+                    self._wake.set()
+            else:  # overloaded or closed: never block, never drop
+                self._spill.append(_rows([record]), sync=self._closed)
+                self.counts["spilled"] += 1
+                if self._closed:
+                    self._spill.rotate()  # unlocked, so the next process replays it even while this one lives
+        except Exception:
+            log.exception("prediction log: could not keep a record (request %s)", getattr(record, "request_id", "?"))
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the table if missing (when the database answers) and start the writer thread, which
+        first replays journals left by earlier runs."""
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        self._engine = make_engine(self._url, connect_timeout=2.0)
+        try:
+            create_schema(self._engine)
+        except Exception as error:
+            self._went_down(error)
+        self._thread = threading.Thread(target=self._run, name=f"prediction-log-{self.deployment}", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 8.0) -> None:
+        """Write everything still queued to the database, or to the journal when the database cannot
+        take it within `timeout` seconds. Records logged afterwards go straight to the journal."""
+        if self._closed:
+            return
+        self._closed = self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, timeout - _CLOSE_RESERVE))
+        with self._handoff:
+            self._abandoned = True
+            leftovers = self._inflight + [self._queue.popleft() for _ in range(len(self._queue))]
+            self._inflight = []
+        if leftovers:
+            self._spill.append(_rows(leftovers), sync=True)
+            log.warning("prediction log: database did not take %d rows within %.1fs of shutdown; kept them in "
+                        "the journal %s", len(leftovers), timeout, self._journal_dir)
+        self._spill.close()
+        if thread is None or not thread.is_alive():  # a stuck writer still owns its journal
+            self._journal.close()
+            if self._engine is not None:
+                self._engine.dispose()
+
+    # ---- the writer thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._abandoned:
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            try:
+                if not self._drain():
+                    return
+                self._spill.sync()
+                if self._stopping:
+                    self._report_replay()
+                    return
+                self._maintain()
+            except Exception:
+                log.exception("prediction log: writer error")
+                time.sleep(self._flush_interval)
+
+    def _drain(self) -> bool:
+        """Write out the queue batch by batch. False when close() has taken over."""
+        while True:
+            with self._handoff:
+                if self._abandoned:
+                    return False
+                queue, take = self._queue, min(self._batch_rows, len(self._queue))
+                self._inflight = [queue.popleft() for _ in range(take)]
+                batch = self._inflight
+            if not batch:
+                return True
+            self._write(_rows(batch))
+            with self._handoff:
+                self._inflight = []
+
+    def _write(self, rows: list[dict]) -> None:
+        if self._down_since is None:
+            try:
+                self.counts["written"] += self._insert(rows)
+                return
+            except Exception as error:
+                if _is_bad_data(error):
+                    self._insert_one_by_one(rows)
+                    return
+                self._went_down(error)
+        if self._abandoned:
+            return  # close() gave up on us and journaled this batch itself
+        self._journal.append(rows, sync=True)
+        self.counts["journaled"] += len(rows)
+
+    def _insert(self, rows: list[dict]) -> int:
+        with self._engine.begin() as conn:
+            return insert_ignoring_duplicates(conn, rows)
+
+    def _insert_one_by_one(self, rows: list[dict]) -> None:
+        """Some row of a batch was refused: write the others, report and drop the refused ones."""
+        for row in rows:
+            try:
+                self.counts["written"] += self._insert([row])
+            except Exception as error:
+                if not _is_bad_data(error):
+                    raise
+                self.counts["rejected"] += 1
+                log.error("prediction log: the database refused the row of request %s: %s", row["request_id"],
+                          str(error).splitlines()[0])
+
+    def _went_down(self, error: Exception) -> None:
+        if self._down_since is None:
+            log.warning("prediction log: database unreachable (%s); keeping rows in the journal %s until it "
+                        "returns", str(error).splitlines()[0] if str(error) else type(error).__name__,
+                        self._journal_dir)
+            self._down_since = time.monotonic()
+        self._backoff = _PROBE_FIRST
+        self._next_probe = time.monotonic() + self._backoff
+        if self._engine is not None:
+            self._engine.dispose()  # pooled connections to a failed server are useless
+
+    def _maintain(self) -> None:
+        """While down: probe with backoff. While up: replay one journal file per call, so live rows
+        keep flowing between files."""
+        if self._down_since is not None:
+            if time.monotonic() >= self._next_probe:
+                self._probe()
+            return
+        if self._spill.rows and len(self._queue) < self._batch_rows:
+            self._spill.rotate()
+            self._replay_needed = True
+        if self._replay_needed:
+            self._replay_next_file()
+
+    def _probe(self) -> None:
+        try:
+            create_schema(self._engine)
+            with self._engine.begin() as conn:  # a write, so a locked SQLite file does not count as up
+                conn.execute(sa.delete(predictions).where(sa.false()))
+        except Exception:
+            self._backoff = min(self._backoff * 2, _PROBE_MAX)
+            self._next_probe = time.monotonic() + self._backoff
+            return
+        log.warning("prediction log: database is back after %.1fs; replaying the journal",
+                    time.monotonic() - self._down_since)
+        self._down_since = None
+        self._journal.rotate()
+        self._replay_needed = True
+
+    def _replay_next_file(self) -> None:
+        for path in sorted(self._journal_dir.glob(f"{self._journal.prefix}*.jsonl")):
+            try:
+                result = read_rows(path, self._batch_rows, self._replay_chunk)
+            except Exception as error:
+                self._went_down(error)
+                return
+            if result is not None:  # None: a live process owns it, or it is gone
+                rows, bad = result
+                self._replayed["files"] += 1
+                self._replayed["rows"] += rows
+                self._replayed["bad"] += bad
+                return
+        self._replay_needed = False
+        self._report_replay()
+
+    def _report_replay(self) -> None:
+        done, self._replayed = self._replayed, {"files": 0, "rows": 0, "new": 0, "bad": 0}
+        if done["files"]:
+            log.warning("prediction log: replayed %d rows from %d journal file(s) into the database (%d new, "
+                        "%d already there%s)", done["rows"], done["files"], done["new"], done["rows"] - done["new"],
+                        f", {done['bad']} unreadable lines skipped" if done["bad"] else "")
+
+    def _replay_chunk(self, rows: list[dict]) -> None:
+        self._replayed["new"] += self._insert(rows)

@@ -1,0 +1,330 @@
+"""The prediction log writer against real SQLite, MariaDB and PostgreSQL databases.
+
+"Down" is real: a TCP proxy that resets or swallows connections to MariaDB/PostgreSQL, an exclusive
+lock held on the SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from modelrun.db import create_schema, make_engine
+from modelrun.db.predictions import count_predictions, read_predictions
+from serving.prediction_log import PredictionLogger, PredictionRecord
+from tests.conftest import fresh_database_url
+from tests.serving.dbfault import FaultProxy, sqlite_locked
+from tests.util import wait_until
+
+DEPLOYMENT = "churn"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(i: int, deployment: str = DEPLOYMENT) -> PredictionRecord:
+    """A typical request: numeric, boolean and string features, one output."""
+    return PredictionRecord(
+        deployment=deployment, revision=3, request_id=uuid.uuid4().hex, client_request_id=f"client-{i}",
+        ts=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(milliseconds=i),
+        features={"age": np.array([20 + i % 50], np.int64), "income": np.array([1000.5 + i], np.float32),
+                  "member": np.array([i % 2 == 0]), "city": np.array([b"Troms\xc3\xb8"], dtype=object)},
+        outputs={"churn": np.array([[i / 1000]], np.float32)},
+        latency_ms=0.25 + i)
+
+
+class Database:
+    """The test's database, the URL the logger should use, and a way to take the database down."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        self.proxy: FaultProxy | None = None
+        self.logger_url = url
+        if not url.startswith("sqlite"):
+            self.proxy, self.logger_url = FaultProxy.for_url(url)
+
+    def count(self, deployment: str = DEPLOYMENT) -> int:
+        return count_predictions(self.engine, deployment)
+
+    @contextmanager
+    def down(self, how: str = "refuse"):
+        create_schema(self.engine)  # as on a system that ran before (and a SQLite lock needs a file)
+        if self.proxy is None:
+            with sqlite_locked(self.url):
+                yield
+            return
+        getattr(self.proxy, how)()
+        try:
+            yield
+        finally:
+            self.proxy.restore()
+
+    def close(self):
+        if self.proxy:
+            self.proxy.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def db(database_url):
+    database = Database(database_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def open_logger(db, tmp_path):
+    """Start loggers on the test database (through the proxy); all are closed at the end."""
+    loggers = []
+
+    def start(journal_dir: Path = tmp_path / "journal", **options) -> PredictionLogger:
+        options.setdefault("flush_interval", 0.02)
+        logger = PredictionLogger(db.logger_url, DEPLOYMENT, journal_dir=journal_dir, **options)
+        logger.start()
+        loggers.append(logger)
+        return logger
+
+    yield start
+    for logger in loggers:
+        logger.close()
+
+
+def journal_rows(journal_dir: Path) -> int:
+    return sum(len(path.read_bytes().splitlines()) for path in journal_dir.glob("*.jsonl"))
+
+
+def test_every_record_becomes_one_row_with_its_values(db, open_logger):
+    records = [record(i) for i in range(300)]
+    logger = open_logger()
+    for r in records:
+        logger.log(r)
+    wait_until(lambda: db.count() == 300, what="300 rows")
+    logger.close()
+
+    rows = {row["request_id"]: row for row in read_predictions(db.engine, DEPLOYMENT)}
+    assert len(rows) == 300 and db.count() == 300
+    for i, r in enumerate(records):
+        row = rows[r.request_id]
+        assert (row["deployment"], row["revision"], row["client_request_id"]) == (DEPLOYMENT, 3, f"client-{i}")
+        assert row["ts"] == r.ts and row["batch_size"] == 1 and row["latency_ms"] == pytest.approx(0.25 + i)
+        assert row["features"] == {"age": [20 + i % 50], "income": [pytest.approx(1000.5 + i)],
+                                   "member": [i % 2 == 0], "city": ["Tromsø"]}
+        assert row["outputs"] == {"churn": [[pytest.approx(i / 1000)]]}
+
+
+def test_a_batch_of_rows_in_one_request_keeps_its_columns(db, open_logger):
+    many = PredictionRecord(DEPLOYMENT, 1, uuid.uuid4().hex, "", datetime.now(UTC),
+                            features={"x": np.arange(6, dtype=np.float64).reshape(3, 2)[:, 1],  # not contiguous
+                                      "word": np.array(["a", "bé", "c"]), "raw": np.array([b"\xff\xfe", b"ok", b""],
+                                                                                          dtype=object)},
+                            outputs={"p": np.array([[0.1, 0.9], [0.5, 0.5], [1.0, float("nan")]])}, latency_ms=2.0)
+    logger = open_logger()
+    logger.log(many)
+    wait_until(lambda: db.count() == 1, what="the row")
+    (row,) = read_predictions(db.engine, DEPLOYMENT)
+    assert row["batch_size"] == 3 and row["client_request_id"] == ""
+    assert row["features"] == {"x": [1.0, 3.0, 5.0], "word": ["a", "bé", "c"], "raw": ["\\xff\\xfe", "ok", ""]}
+    assert row["outputs"] == {"p": [[0.1, 0.9], [0.5, 0.5], [1.0, None]]}
+
+
+def test_database_down_under_load_loses_nothing(db, open_logger, tmp_path):
+    logger = open_logger(queue_size=200)  # small, so the outage also overflows the queue into the journal
+    first = [record(i) for i in range(200)]
+    for r in first:
+        logger.log(r)
+    wait_until(lambda: db.count() == 200, what="rows before the outage")
+
+    during = [record(i) for i in range(200, 3200)]
+    with db.down():
+        producers = [threading.Thread(target=lambda part=part: [logger.log(r) for r in part])
+                     for part in (during[0::2], during[1::2])]
+        for thread in producers:
+            thread.start()
+        for thread in producers:
+            thread.join()
+        # Every log() call returned while the database was still down: none waited for it.
+        wait_until(lambda: journal_rows(tmp_path / "journal") == 3000, what="the outage's rows in the journal")
+        assert db.count() == 200
+
+    wait_until(lambda: db.count() == 3200, timeout=60, what="3200 rows after the database returned")
+    wait_until(lambda: not list((tmp_path / "journal").glob("*.jsonl")), what="replayed journals deleted")
+    logger.close()
+    assert db.count() == 3200
+    assert logger.counts["spilled"] > 0
+
+
+def test_replaying_the_same_journal_twice_makes_no_second_row(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    with db.down():
+        logger = open_logger(journal)
+        for i in range(250):
+            logger.log(record(i))
+        logger.close()
+    (original,) = journal.glob("*.jsonl")
+    shutil.copy(original, journal / original.name.replace(".jsonl", "-copy.jsonl"))
+
+    open_logger(journal)
+    wait_until(lambda: not list(journal.glob("*.jsonl")), what="both journal copies replayed")
+    assert db.count() == 250
+
+
+def test_a_crash_after_insert_before_journal_delete_makes_no_second_row(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    records = [record(i) for i in range(100)]
+    with db.down():
+        logger = open_logger(journal)
+        for r in records:
+            logger.log(r)
+        logger.close()
+    (kept,) = journal.glob("*.jsonl")
+    saved = kept.read_bytes()
+    logger = open_logger(journal)  # replays, then deletes the file ...
+    wait_until(lambda: not kept.exists(), what="the journal replayed")
+    kept.write_bytes(saved)  # ... which a crash would have left behind
+    logger.close()
+
+    open_logger(journal)
+    wait_until(lambda: not kept.exists(), what="the journal replayed again")
+    assert db.count() == 100
+
+
+CRASHING_PROCESS = """
+import os, sys, uuid
+from datetime import datetime, UTC
+from pathlib import Path
+import numpy as np
+from serving.prediction_log import PredictionLogger, PredictionRecord
+from tests.util import wait_until
+url, journal, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+logger = PredictionLogger(url, "churn", journal_dir=journal, flush_interval=0.02)
+logger.start()
+for i in range(n):
+    logger.log(PredictionRecord("churn", 1, uuid.uuid4().hex, str(i), datetime.now(UTC),
+                                {"age": np.array([i])}, {"p": np.array([[0.5]])}, 1.0))
+wait_until(lambda: logger.counts["journaled"] == n, what="rows journaled")
+os._exit(9)  # no close(): the process dies with its journal open
+"""
+
+
+def test_journal_left_by_a_crashed_process_is_replayed_at_next_start(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    with db.down():
+        done = subprocess.run([sys.executable, "-c", CRASHING_PROCESS, db.logger_url, str(journal), "400"],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+                              capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr
+    assert journal_rows(journal) == 400 and db.count() == 0
+
+    open_logger(journal)
+    wait_until(lambda: db.count() == 400, what="the crashed process's rows replayed")
+    wait_until(lambda: not list(journal.glob("*.jsonl")), what="its journal deleted")
+    assert db.count() == 400
+
+
+def test_close_with_the_database_down_keeps_everything_in_the_journal(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    logger = open_logger(journal)
+    with db.down():
+        for i in range(1000):
+            logger.log(record(i))
+        logger.close(timeout=4.0)
+        assert journal_rows(journal) == 1000 and db.count() == 0
+
+    open_logger(journal)
+    wait_until(lambda: db.count() == 1000, timeout=60, what="the journal replayed after the restart")
+    assert db.count() == 1000
+
+
+@pytest.fixture(params=["mariadb", "postgresql"])
+def server_db(request, tmp_path):
+    url, drop = fresh_database_url(request.param, tmp_path)
+    database = Database(url)
+    yield database
+    database.close()
+    drop()
+
+
+def test_starting_while_the_database_is_down_creates_the_table_when_it_returns(server_db, tmp_path):
+    server_db.proxy.refuse()
+    logger = PredictionLogger(server_db.logger_url, DEPLOYMENT, journal_dir=tmp_path / "j", flush_interval=0.02)
+    try:
+        logger.start()
+        for i in range(100):
+            logger.log(record(i))
+        wait_until(lambda: journal_rows(tmp_path / "j") == 100, what="rows journaled")
+        assert not sa.inspect(server_db.engine).has_table("predictions")
+        server_db.proxy.restore()
+        wait_until(lambda: sa.inspect(server_db.engine).has_table("predictions"), what="the table created")
+        wait_until(lambda: server_db.count() == 100, what="the journaled rows written")
+    finally:
+        logger.close()
+
+
+def test_close_with_a_hung_database_returns_and_keeps_everything(server_db, tmp_path):
+    """A server that accepts connections and never answers: close() must not wait for it."""
+    journal = tmp_path / "journal"
+    logger = PredictionLogger(server_db.logger_url, DEPLOYMENT, journal_dir=journal, flush_interval=0.02)
+    logger.start()
+    with server_db.down("blackhole"):
+        for i in range(1000):
+            logger.log(record(i))
+        logger.close(timeout=3.0)
+        # At least every row; a batch that hung mid-INSERT is journaled by close() as well.
+        assert journal_rows(journal) >= 1000 and server_db.count() == 0
+
+    restarted = PredictionLogger(server_db.logger_url, DEPLOYMENT, journal_dir=journal, flush_interval=0.02)
+    restarted.start()
+    try:
+        wait_until(lambda: server_db.count() == 1000, timeout=60, what="the journal replayed after the restart")
+    finally:
+        restarted.close()
+    assert server_db.count() == 1000
+
+
+def test_records_logged_after_close_are_kept_in_the_journal(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    logger = open_logger(journal)
+    logger.close()
+    logger.close()  # idempotent
+    for i in range(10):
+        logger.log(record(i))
+    assert journal_rows(journal) == 10
+    open_logger(journal)
+    wait_until(lambda: db.count() == 10, what="late records replayed")
+
+
+def test_a_journal_another_live_process_is_writing_is_left_alone(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    with db.down():
+        writer = open_logger(journal)
+        for i in range(50):
+            writer.log(record(i))
+        wait_until(lambda: journal_rows(journal) == 50, what="rows journaled")
+        open_logger(journal).close()  # another process starting: the live file is not its to replay
+        assert journal_rows(journal) == 50
+    wait_until(lambda: db.count() == 50, what="the writer's own replay")
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_sampling_keeps_about_the_sampled_share(sqlite_url, tmp_path, rate):
+    n = 4000
+    logger = PredictionLogger(sqlite_url, DEPLOYMENT, sample_rate=rate, journal_dir=tmp_path / "j")
+    logger.start()
+    for i in range(n):
+        logger.log(record(i))
+    logger.close()
+    kept = count_predictions(make_engine(sqlite_url), DEPLOYMENT)
+    six_sigma = 6 * (n * rate * (1 - rate)) ** 0.5  # binomial: never flakes
+    assert abs(kept - n * rate) <= six_sigma
+    if rate == 0.0:
+        assert kept == 0
