@@ -7,6 +7,7 @@ serving/settings.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -40,6 +41,21 @@ class Settings(BaseSettings):
     reconcile_interval: float = 2.0
     """Seconds between reconciler passes in `modelrun up` (API writes also wake it at once)."""
 
+    auth: str = "token"
+    """REST API authentication: `token` (bearer token, see `token`) or `none` (behind IAM on Google Cloud)."""
+
+    max_body_bytes: int = 65536
+    """Largest REST request body (and upload manifest) the control plane reads; larger ones get 413."""
+
+    start_timeout: float = 180.0
+    """Seconds a model server may take from start to SERVING before its revision is FAILED."""
+
+    drain_grace: float = 5.0
+    """Seconds the previous revision keeps serving after an update switched the endpoint, then it is stopped."""
+
+    stop_timeout: float = 10.0
+    """Seconds between SIGTERM and SIGKILL when a local model server is stopped."""
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()
@@ -55,6 +71,27 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home_dir / 'modelrun.db'}"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.home_dir / "bundles"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pidfiles of the local model servers this home's control plane started."""
+        return self.home_dir / "run"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.home_dir / "journal"
+
+    def server_environment(self, extra: dict[str, str]) -> dict[str, str]:
+        """Environment for a child model server: this process's environment plus `extra`."""
+        return {**os.environ, **extra}
 
     def resolved_token(self) -> str | None:
         """The token from MODELRUN_TOKEN, else the one `modelrun up` stored, else None."""

@@ -1,0 +1,27 @@
+"""Cloud Functions entry points of the control plane (also run locally by `modelrun up`).
+
+Each is a few lines: parse nothing, delegate to the ControlPlane built once per process from Settings().
+"""
+
+import functools
+
+import functions_framework
+
+from modelrun.control import build_control_plane
+from modelrun.settings import Settings
+
+
+@functools.cache
+def control_plane():
+    """The process's ControlPlane, built on first use (so settings come from the environment at that time)."""
+    return build_control_plane(Settings())
+
+
+@functions_framework.http
+def api(request):
+    return control_plane().handle_api(request)
+
+
+@functions_framework.cloud_event
+def on_upload(cloud_event):
+    control_plane().handle_upload(cloud_event)

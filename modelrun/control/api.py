@@ -1,0 +1,111 @@
+"""The REST API (design 2.2) over a Flask request: route, authenticate, parse, call `Deployments`, format.
+
+Errors are mapped to HTTP here and only here: a ModelrunError becomes its `http_status` with
+`{"error": {"code", "message"}}`; anything else is logged and answered 500 without details.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from pathlib import Path
+
+import flask
+
+from modelrun.control.service import Deployments
+from modelrun.errors import InvalidInput, ModelrunError, NotFound, TooLarge, Unauthenticated, Unavailable
+from modelrun.settings import Settings
+
+log = logging.getLogger(__name__)
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+_ITEM = re.compile(r"^/deployments/([^/]+)$")
+_EVENTS = re.compile(r"^/deployments/([^/]+)/events$")
+
+
+class MethodNotAllowed(ModelrunError):
+    http_status = 405
+    code = "method_not_allowed"
+
+
+class Api:
+    def __init__(self, settings: Settings, deployments: Deployments):
+        self.settings = settings
+        self.deployments = deployments
+
+    def handle(self, request: flask.Request) -> flask.Response:
+        try:
+            return self._route(request)
+        except ModelrunError as exc:
+            return _error(exc.http_status, exc.code, exc.message)
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.path)
+            return _error(500, "internal", "internal error; the control-plane log has the details")
+
+    def _route(self, request: flask.Request) -> flask.Response:
+        path = request.path.rstrip("/") or "/"
+        method = request.method
+        if path == "/healthz":
+            return _allow(method, "GET") or _json(200, {"status": "ok"})
+        if path == "/openapi.yaml":
+            return _allow(method, "GET") or flask.Response(OPENAPI.read_bytes(), 200, mimetype="application/yaml")
+        self._authenticate(request)
+        if path == "/deployments":
+            if method == "GET":
+                return _json(200, {"deployments": [d.to_json() for d in self.deployments.list()]})
+            if method == "POST":
+                return _json(202, self.deployments.create(self._body(request)).to_json())
+            raise MethodNotAllowed(f"{method} is not allowed on /deployments; use GET or POST")
+        if match := _ITEM.match(path):
+            name = match.group(1)
+            if method == "GET":
+                return _json(200, self.deployments.get(name).to_json())
+            if method == "PATCH":
+                return _json(202, self.deployments.update(name, self._body(request)).to_json())
+            if method == "DELETE":
+                return _json(202, self.deployments.delete(name).to_json())
+            raise MethodNotAllowed(f"{method} is not allowed on /deployments/{{name}}; use GET, PATCH or DELETE")
+        if match := _EVENTS.match(path):
+            return _allow(method, "GET") or _json(200, {"events": self.deployments.events(match.group(1))})
+        raise NotFound(f"no route {path}; the API is described at /openapi.yaml")
+
+    def _authenticate(self, request: flask.Request) -> None:
+        if self.settings.auth == "none":
+            return
+        expected = self.settings.resolved_token()
+        if not expected:
+            raise Unavailable("the API has no token configured: set MODELRUN_TOKEN or start it with `modelrun up`")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+            raise Unauthenticated("missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                                  "(the token is in $MODELRUN_HOME/token)")
+
+    def _body(self, request: flask.Request) -> object:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"request body is larger than {limit} bytes")
+        raw = request.stream.read(limit + 1)
+        if len(raw) > limit:
+            raise TooLarge(f"request body is larger than {limit} bytes")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+def _allow(method: str, allowed: str) -> flask.Response | None:
+    if method in (allowed, "HEAD") if allowed == "GET" else method == allowed:
+        return None
+    raise MethodNotAllowed(f"{method} is not allowed here; use {allowed}")
+
+
+def _json(status: int, payload: dict) -> flask.Response:
+    return flask.Response(json.dumps(payload), status, mimetype="application/json")
+
+
+def _error(status: int, code: str, message: str) -> flask.Response:
+    response = _json(status, {"error": {"code": code, "message": message}})
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="modelrun"'
+    return response

@@ -1,0 +1,116 @@
+"""The control plane's ports (design 3.1): Storage, Builder and Runner, each a small Protocol with a
+registry from the settings' name to an implementation. The deploy logic only sees these Protocols.
+
+Local implementations live here now; Google Cloud ones (Cloud Storage, Cloud Build, Cloud Run) register
+under their own names in the same dicts, and import their heavy clients lazily inside their modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from modelrun.control.models import Revision
+from modelrun.errors import InvalidInput
+from modelrun.settings import Settings
+
+
+class Storage(Protocol):
+    """Where models, training data and upload manifests are read from."""
+
+    def check_uri(self, uri: str) -> None:
+        """Raise InvalidInput/Unprocessable when this storage could never read `uri` (scheme, form)."""
+
+    def object_uri(self, bucket: str, name: str) -> str:
+        """The URI of object `name` in `bucket` (the models bucket of an upload event)."""
+
+    def read_bytes(self, uri: str, limit: int) -> bytes:
+        """A small file's bytes; NotFound when missing, TooLarge past `limit`."""
+
+    def fetch(self, uri: str, dest: Path) -> Path:
+        """Copy a file or a folder (a SavedModel) to `dest` (never moves); Unprocessable when unreadable."""
+
+
+@dataclass
+class Build:
+    artifact: str  # what the runner runs: a bundle folder locally, an image on Google Cloud
+    features: list[str]  # training-data columns the model's inputs must match (label removed)
+
+
+class Builder(Protocol):
+    """Turns a revision's model + training data into something the runner can start."""
+
+    def build(self, rev: Revision) -> Build:
+        """Validate and stage the revision; idempotent (a finished build is reused). Unprocessable on bad input."""
+
+    def remove(self, artifact: str) -> None:
+        """Delete what `build` made; safe to repeat."""
+
+    def remove_all(self, name: str) -> None:
+        """Delete everything built for deployment `name`; safe to repeat."""
+
+
+@dataclass
+class Started:
+    runtime: dict  # JSON-able handle, stored with the revision (pid/port locally, a service name on Cloud Run)
+    endpoint: str  # the gRPC target clients use
+
+
+@dataclass
+class Probe:
+    state: str  # "starting", "serving" or "exited"
+    reason: str | None = None
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class Runner(Protocol):
+    """Runs one model server per revision."""
+
+    def start(self, rev: Revision, features: list[str]) -> Started:
+        """Start serving `rev.artifact`; return at once (readiness is polled with `probe`)."""
+
+    def probe(self, runtime: dict) -> Probe:
+        """One quick look: starting, serving, or exited (with the reason a person can act on)."""
+
+    def model_inputs(self, runtime: dict, name: str) -> list[TensorSpec]:
+        """The model's inputs as the running server reports them (ModelMetadata)."""
+
+    def stop(self, runtime: dict) -> None:
+        """Stop it and wait until it is gone; safe to repeat."""
+
+    def sweep(self, live: list[tuple[str, int, dict]]) -> None:
+        """Stop servers this home started that no revision in `live` (name, revision, runtime) owns."""
+
+
+def _local_storage(settings: Settings):
+    from modelrun.control.backends.local_storage import LocalStorage
+    return LocalStorage(settings)
+
+
+def _local_builder(settings: Settings, storage: Storage):
+    from modelrun.control.backends.local_builder import LocalBuilder
+    return LocalBuilder(settings, storage)
+
+
+def _local_runner(settings: Settings):
+    from modelrun.control.backends.local_runner import LocalRunner
+    return LocalRunner(settings)
+
+
+STORAGES = {"local": _local_storage}
+BUILDERS = {"local": _local_builder}
+RUNNERS = {"local": _local_runner}
+
+
+def choose(registry: dict, kind: str, name: str):
+    try:
+        return registry[name]
+    except KeyError:
+        raise InvalidInput(f"unknown {kind} backend '{name}'; choose one of: {', '.join(sorted(registry))}") from None

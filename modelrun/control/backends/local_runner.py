@@ -1,0 +1,170 @@
+"""Runner on this machine: one `python -m serving` process per revision on a free loopback port.
+
+- Started in its own session (`start_new_session=True`), so it outlives a control-plane crash and is
+  re-attached afterwards: a revision's runtime {pid, port, started} is checked against /proc (same pid,
+  same start time) and gRPC health before it is trusted.
+- Output goes to $MODELRUN_HOME/logs/<name>-r<revision>.log; when the process exits, its last line
+  (the server's one-line error) becomes the reason.
+- Each server has a pidfile under $MODELRUN_HOME/run/; `sweep` stops any that no live revision owns,
+  so a crash between starting a server and recording it leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from modelrun.control.backends import Probe, Started, TensorSpec, procs
+from modelrun.control.backends.local_builder import read_manifest
+from modelrun.control.models import Revision
+from modelrun.errors import Unavailable, Unprocessable
+from modelrun.proto import inference_pb2, inference_pb2_grpc
+from modelrun.settings import Settings
+
+log = logging.getLogger(__name__)
+HOST = "127.0.0.1"
+
+
+class LocalRunner:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._children: dict[int, subprocess.Popen] = {}  # servers this object started, for exit codes
+
+    def start(self, rev: Revision, features: list[str]) -> Started:
+        bundle = Path(rev.artifact)
+        model = bundle / read_manifest(bundle)["model"]
+        port = _port(rev.endpoint)
+        for folder in (self.settings.logs_dir, self.settings.run_dir, self.settings.journal_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        log_path = self.settings.logs_dir / f"{rev.name}-r{rev.revision}.log"
+        env = {
+            "MODELRUN_DATABASE_URL": self.settings.resolved_database_url,
+            "MODELRUN_REVISION": str(rev.revision),
+            "MODELRUN_FEATURE_NAMES": ",".join(features),
+            "MODELRUN_JOURNAL_DIR": str(self.settings.journal_dir / f"{rev.name}-r{rev.revision}"),
+            "MODELRUN_HOME": str(self.settings.home_dir),
+        }
+        for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
+            if rev.config.get(key) is not None:
+                env[var] = str(rev.config[key])
+        command = [sys.executable, "-m", "serving", "--model", str(model), "--name", rev.name,
+                   "--port", str(port), "--host", HOST]
+        with log_path.open("ab") as out:
+            out.write(f"--- modelrun: starting revision {rev.revision} on {HOST}:{port}\n".encode())
+            out.flush()
+            try:
+                child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=self.settings.home_dir,
+                                         env=self.settings.server_environment(env))
+            except OSError as exc:
+                raise Unavailable(f"could not start the model server: {exc}") from None
+        self._children[child.pid] = child
+        runtime = {"pid": child.pid, "port": port, "started": procs.start_time(child.pid), "log": str(log_path)}
+        self._pidfile(rev.name, rev.revision).write_text(json.dumps(runtime))
+        log.info("started %s revision %d: pid %d on %s:%d", rev.name, rev.revision, child.pid, HOST, port)
+        return Started(runtime, f"{HOST}:{port}")
+
+    def probe(self, runtime: dict) -> Probe:
+        exited = self._exit_reason(runtime)
+        if exited is not None:
+            return Probe("exited", exited)
+        try:
+            with grpc.insecure_channel(f"{HOST}:{runtime['port']}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.RpcError:
+            return Probe("starting")
+        return Probe("serving" if reply.status == health_pb2.HealthCheckResponse.SERVING else "starting")
+
+    def model_inputs(self, runtime: dict, name: str) -> list[TensorSpec]:
+        try:
+            with grpc.insecure_channel(f"{HOST}:{runtime['port']}") as channel:
+                reply = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+                    inference_pb2.ModelMetadataRequest(name=name), timeout=10.0)
+        except grpc.RpcError as exc:
+            raise Unprocessable(f"the model server did not describe its model: {exc.details()}") from None
+        return [TensorSpec(i.name, i.datatype, list(i.shape)) for i in reply.inputs]
+
+    def stop(self, runtime: dict) -> None:
+        pid = runtime["pid"]
+        if self._owned(runtime):
+            procs.terminate(pid, runtime.get("started"), self.settings.stop_timeout)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            child.poll()
+        for pidfile in self.settings.run_dir.glob("*.pid"):
+            if _read_json(pidfile).get("pid") == pid:
+                pidfile.unlink(missing_ok=True)
+
+    def sweep(self, live: list[tuple[str, int, dict]]) -> None:
+        owned = {(name, revision, runtime.get("pid")) for name, revision, runtime in live}
+        for pidfile in sorted(self.settings.run_dir.glob("*.pid")):
+            info = _read_json(pidfile)
+            name, _, revision = pidfile.stem.rpartition("-r")
+            if (name, int(revision or 0), info.get("pid")) in owned:
+                continue
+            if info.get("pid"):
+                log.warning("stopping stray model server %s (pid %s)", pidfile.stem, info["pid"])
+                self.stop(info)
+            pidfile.unlink(missing_ok=True)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _pidfile(self, name: str, revision: int) -> Path:
+        return self.settings.run_dir / f"{name}-r{revision}.pid"
+
+    def _owned(self, runtime: dict) -> bool:
+        """Is `runtime` still the process we started (same pid and start time, our serving command)?"""
+        pid = runtime["pid"]
+        if not procs.is_alive(pid, runtime.get("started")):
+            return False
+        args = procs.cmdline(pid)
+        return "serving" in args and str(runtime["port"]) in args
+
+    def _exit_reason(self, runtime: dict) -> str | None:
+        child = self._children.get(runtime["pid"])
+        code = child.poll() if child is not None else None
+        if code is None and (child is not None or self._owned(runtime)):
+            return None
+        last = _last_line(Path(runtime.get("log", "")))
+        status = f"exited with code {code}" if code is not None else "is no longer running"
+        return f"the model server {status}: {last}" if last else f"the model server {status}"
+
+
+def _port(endpoint: str | None) -> int:
+    """The previous port of this revision when it is free again (a restart keeps its endpoint), else a free one."""
+    if endpoint:
+        try:
+            with socket.socket() as s:
+                s.bind((HOST, int(endpoint.rpartition(":")[2])))
+                return s.getsockname()[1]
+        except (OSError, ValueError):
+            pass
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            lines = [line.strip() for line in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [line for line in lines if line and not line.startswith("--- modelrun:")]
+    return lines[-1][:500] if lines else ""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,60 @@
+"""The control plane: one object that wires settings, SQL and the backends to the API, the upload
+handler and the reconciler. `functions/main.py` builds one per process, lazily.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import flask
+
+from modelrun.control.api import Api
+from modelrun.control.backends import BUILDERS, RUNNERS, STORAGES, choose
+from modelrun.control.reconciler import Reconciler
+from modelrun.control.repository import Repository
+from modelrun.control.service import Deployments
+from modelrun.control.upload import UploadHandler
+from modelrun.db import make_engine
+from modelrun.settings import Settings
+
+
+class ControlPlane:
+    """The interface `functions/main.py` and `modelrun up` use.
+
+    `wake` is set by every API write and every upload that deployed something: a local loop waits on it
+    (`wake.wait(settings.reconcile_interval)`, then `wake.clear()`) and calls `reconcile_once()`.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.wake = threading.Event()
+        self.engine = make_engine(settings.resolved_database_url)
+        self.repo = Repository(self.engine)
+        self.storage = choose(STORAGES, "storage", settings.storage)(settings)
+        self.builder = choose(BUILDERS, "builder", settings.builder)(settings, self.storage)
+        self.runner = choose(RUNNERS, "runner", settings.runner)(settings)
+        self.deployments = Deployments(self.repo, self.storage, self.wake)
+        self.api = Api(settings, self.deployments)
+        self.uploads = UploadHandler(settings, self.repo, self.storage, self.wake)
+        self.reconciler = Reconciler(settings, self.repo, self.builder, self.runner)
+
+    def handle_api(self, request: flask.Request) -> flask.Response:
+        """The REST API of design 2.2 (never raises; errors are JSON responses)."""
+        return self.api.handle(request)
+
+    def handle_upload(self, event) -> None:
+        """A `google.cloud.storage.object.v1.finalized` CloudEvent (design 2.3)."""
+        self.uploads.handle(event)
+
+    def kick(self) -> None:
+        """Ask a waiting local loop to run a pass now (what API writes do)."""
+        self.wake.set()
+
+    def reconcile_once(self) -> None:
+        """One pass over every deployment; thread-safe (passes are serialized)."""
+        self.reconciler.run_once()
+
+    def shutdown(self) -> None:
+        """Stop the local model servers of this home; deployments stay recorded and come back next start."""
+        self.reconciler.stop_all()
+        self.engine.dispose()

@@ -1,0 +1,162 @@
+"""The deploy pipeline as reconciliation (design 3.2): each pass moves every deployment forward from
+whatever state it finds, one idempotent step after another, and never waits long for a server.
+
+Per deployment, the newest revision goes PENDING → BUILDING (validate + stage) → DEPLOYING (start, poll
+health across passes, check the model's inputs against the training data) → READY, when it becomes the
+serving revision and the previous one drains for `drain_grace` seconds before it is stopped. Any failure
+is FAILED with a one-line reason and whatever that revision had made is stopped and removed. A serving
+server that died is restarted (its revision shows DEPLOYING meanwhile). DELETING tears everything down.
+Revisions that are neither the newest nor serving are stopped and removed (RETIRED).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from modelrun.control import inspect
+from modelrun.control import models as m
+from modelrun.control.backends import Builder, Runner
+from modelrun.control.repository import Repository, utcnow
+from modelrun.errors import ModelrunError, Unavailable
+from modelrun.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, repo: Repository, builder: Builder, runner: Runner):
+        self.settings = settings
+        self.repo = repo
+        self.builder = builder
+        self.runner = runner
+        self._lock = threading.Lock()  # one pass at a time in this process
+
+    def run_once(self) -> None:
+        with self._lock:
+            for name in self.repo.names():
+                try:
+                    self._deployment(name)
+                except Unavailable:
+                    raise
+                except Exception:  # one broken deployment must not stop the others
+                    log.exception("reconciling deployment %s failed; retrying next pass", name)
+            self.runner.sweep(self.repo.live_runtimes())
+
+    def stop_all(self) -> None:
+        """Stop every server this home runs; their revisions keep their state and restart next time."""
+        with self._lock:
+            for _name, _revision, runtime in self.repo.live_runtimes():
+                self.runner.stop(runtime)
+            self.runner.sweep([])
+
+    # ---- one deployment --------------------------------------------------------------------------
+
+    def _deployment(self, name: str) -> None:
+        loaded = self.repo.load(name)
+        if loaded is None:
+            return
+        dep, dep_id, revs = loaded
+        if dep.status == m.DELETING:
+            self._teardown(dep_id, name, revs)
+            return
+        latest = next(r for r in revs if r.revision == dep.revision)
+        serving = next((r for r in revs if r.revision == dep.serving_revision), None)
+        for rev in revs:
+            if rev is not latest and rev is not serving:
+                self._retire(rev, latest.revision)
+        if serving is not None and serving is not latest:
+            self._step(serving, previous=None)
+        self._step(latest, previous=serving if serving is not latest else None)
+
+    def _step(self, rev: m.Revision, previous: m.Revision | None) -> None:
+        if rev.state == m.PENDING:
+            self.repo.set_revision(rev, state=m.BUILDING, message="validating and staging the model")
+        if rev.state == m.BUILDING:
+            try:
+                build = self.builder.build(rev)
+            except (ModelrunError, OSError) as exc:
+                return self._fail(rev, _reason(exc))
+            self.repo.set_revision(rev, state=m.DEPLOYING, artifact=build.artifact, features=build.features,
+                                   message="starting the model server")
+        if rev.state == m.DEPLOYING:
+            return self._deploying(rev, previous)
+        if rev.state == m.READY:
+            return self._supervise(rev)
+        if rev.state == m.FAILED and (rev.runtime or rev.artifact):
+            self._fail(rev, rev.error or "failed")
+
+    def _deploying(self, rev: m.Revision, previous: m.Revision | None) -> None:
+        if not rev.runtime:
+            try:
+                started = self.runner.start(rev, rev.features or [])
+            except ModelrunError as exc:
+                return self._fail(rev, exc.message)
+            deadline = utcnow() + timedelta(seconds=self.settings.start_timeout)
+            self.repo.set_revision(rev, runtime=started.runtime, endpoint=started.endpoint, deadline=deadline)
+            return
+        probe = self.runner.probe(rev.runtime)
+        if probe.state == "exited":
+            return self._fail(rev, probe.reason or "the model server exited")
+        if probe.state != "serving":
+            if rev.deadline is not None and utcnow() > rev.deadline:
+                self._fail(rev, f"the model server did not become ready within {self.settings.start_timeout:.0f} s")
+            return
+        try:
+            inspect.check_inputs(self.runner.model_inputs(rev.runtime, rev.name), rev.features or [])
+        except ModelrunError as exc:
+            return self._fail(rev, exc.message)
+        drain_until = utcnow() + timedelta(seconds=self.settings.drain_grace)
+        self.repo.switch_serving(rev, previous, drain_until)
+        log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)
+
+    def _supervise(self, rev: m.Revision) -> None:
+        """A READY revision whose server is gone (crash, restart of `modelrun up`) is started again."""
+        if rev.runtime:
+            probe = self.runner.probe(rev.runtime)
+            if probe.state != "exited":
+                return
+            reason = probe.reason
+            self.runner.stop(rev.runtime)
+        else:
+            reason = "not running"
+        self.repo.set_revision(rev, state=m.DEPLOYING, runtime=None, message=f"restarting: {reason}")
+        self._deploying(rev, previous=None)
+
+    def _fail(self, rev: m.Revision, reason: str) -> None:
+        if rev.runtime:
+            self.runner.stop(rev.runtime)
+        if rev.artifact:
+            self.builder.remove(rev.artifact)
+        self.repo.set_revision(rev, state=m.FAILED, error=reason, runtime=None, artifact=None, deadline=None)
+        log.warning("%s revision %d FAILED: %s", rev.name, rev.revision, reason)
+
+    def _retire(self, rev: m.Revision, newest: int) -> None:
+        if rev.state == m.DRAINING and rev.runtime and rev.deadline and utcnow() < rev.deadline:
+            return
+        if rev.state in (m.FAILED, m.RETIRED) and not rev.runtime and not rev.artifact:
+            return
+        if rev.runtime:
+            self.runner.stop(rev.runtime)
+        if rev.artifact:
+            self.builder.remove(rev.artifact)
+        state = m.FAILED if rev.state == m.FAILED else m.RETIRED
+        self.repo.set_revision(rev, state=state, runtime=None, artifact=None, deadline=None,
+                               message=f"stopped: superseded by revision {newest}")
+
+    def _teardown(self, dep_id: int, name: str, revs: list[m.Revision]) -> None:
+        for rev in revs:
+            if rev.runtime:
+                self.runner.stop(rev.runtime)
+            if rev.artifact:
+                self.builder.remove(rev.artifact)
+        self.builder.remove_all(name)
+        self.repo.remove(dep_id, name)
+        log.info("deployment %s deleted", name)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ModelrunError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

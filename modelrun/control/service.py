@@ -1,0 +1,59 @@
+"""What the REST API and the upload handler ask for: validated writes that record desired state.
+
+A write returns at once (the reconciler does the work) and sets `wake` so a local loop runs now.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from modelrun.control import models as m
+from modelrun.control.backends import Storage
+from modelrun.control.repository import Repository
+from modelrun.errors import InvalidInput
+
+
+class Deployments:
+    def __init__(self, repo: Repository, storage: Storage, wake: threading.Event):
+        self.repo = repo
+        self.storage = storage
+        self.wake = wake
+
+    def create(self, body: object) -> m.Deployment:
+        request = m.parse(m.CreateRequest, body)
+        self._check_uris(request.model_uri, request.training_data_uri)
+        created = self.repo.create(request.name, request.model_uri, request.training_data_uri,
+                                   m.config_dict(request.config))
+        self.wake.set()
+        return created
+
+    def list(self) -> list[m.Deployment]:
+        return self.repo.list()
+
+    def get(self, name: str) -> m.Deployment:
+        return self.repo.get(m.check_name(name))
+
+    def update(self, name: str, body: object) -> m.Deployment:
+        m.check_name(name)
+        request = m.parse(m.UpdateRequest, body)
+        if request.model_uri is None and request.training_data_uri is None and request.config is None:
+            raise InvalidInput("nothing to update: give at least one of model_uri, training_data_uri, config")
+        self._check_uris(request.model_uri, request.training_data_uri)
+        config = None if request.config is None else m.config_dict(request.config)
+        updated = self.repo.update(name, request.model_uri, request.training_data_uri, config)
+        self.wake.set()
+        return updated
+
+    def delete(self, name: str) -> m.Deployment:
+        deleting = self.repo.mark_deleting(m.check_name(name))
+        self.wake.set()
+        return deleting
+
+    def events(self, name: str) -> list[dict]:
+        self.repo.get(m.check_name(name))
+        return self.repo.events(name)
+
+    def _check_uris(self, *uris: str | None) -> None:
+        for uri in uris:
+            if uri is not None:
+                self.storage.check_uri(uri)
