@@ -21,6 +21,7 @@ FLAGS = {
     "--revision": "revision", "--database-url": "database_url", "--feature-names": "feature_names",
 }
 ENV_NAMES = {"port": "PORT"}  # fields whose variable has no MODELRUN_ prefix
+ALIASES = {"PORT": "port", "MODELRUN_PORT": "port"}  # what pydantic reports for an aliased field
 
 
 def parse_args(argv: list[str] | None) -> dict:
@@ -43,6 +44,7 @@ def describe(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else "?"
+        field = ALIASES.get(field, field)
         flag = next((f for f, name in FLAGS.items() if name == field), None)
         where = f"{flag} / {_env_name(field)}" if flag else _env_name(field)
         if item["type"] == "missing":

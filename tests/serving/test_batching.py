@@ -1,0 +1,166 @@
+"""The Batcher with a recording predict function on a real single-thread executor (no model needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from serving.batching import Batcher
+
+
+class RecordingModel:
+    """y = 2x + row sum, so every caller's rows are recognisable. Can be held busy with `gate`."""
+
+    def __init__(self, fail_on=None):
+        self.calls: list[int] = []  # rows per call
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, inputs):
+        self.started.set()
+        self.gate.wait(10)
+        x = inputs["x"]
+        self.calls.append(len(x))
+        if self.fail_on is not None and (x == self.fail_on).any():
+            raise ValueError("bad value")
+        return {"y": x * 2 + x.sum(axis=1, keepdims=True), "n": np.arange(len(x))}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def rows(i: int, n: int = 1, width: int = 3) -> dict:
+    return {"x": np.full((n, width), float(i), dtype=np.float32)}
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def test_queued_requests_run_as_one_call_and_each_gets_its_rows(executor):
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, executor, max_batch_size=1000)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0)))
+        await asyncio.to_thread(model.started.wait, 10)  # the model is busy with the first request
+        rest = [asyncio.ensure_future(batcher.predict(rows(i, n=1 + i % 3))) for i in range(1, 64)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *rest)
+        await batcher.close()
+        return batcher, results
+
+    batcher, results = run(main())
+    assert model.calls == [1, sum(1 + i % 3 for i in range(1, 64))]  # one call for everything that queued
+    for i, result in enumerate(results):
+        n = 1 if i == 0 else 1 + i % 3
+        expected = rows(i, n)["x"] * 2 + rows(i, n)["x"].sum(axis=1, keepdims=True)
+        np.testing.assert_array_equal(result["y"], expected)
+    assert batcher.stats.requests == 64 and batcher.stats.calls == 2 and batcher.stats.largest == 63
+
+
+def test_max_batch_size_bounds_a_call(executor):
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, executor, max_batch_size=10)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0)))
+        await asyncio.to_thread(model.started.wait, 10)
+        rest = [asyncio.ensure_future(batcher.predict(rows(i, n=3))) for i in range(1, 9)]  # 24 rows
+        big = asyncio.ensure_future(batcher.predict(rows(99, n=25)))  # alone, larger than the limit
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(first, *rest, big)
+        await batcher.close()
+
+    run(main())
+    assert model.calls[0] == 1 and sorted(model.calls[1:]) == [6, 9, 9, 25]
+    assert all(rows_ <= 10 for rows_ in model.calls if rows_ != 25)
+
+
+def test_incompatible_shapes_are_not_mixed(executor):
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, executor, max_batch_size=100)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0)))
+        await asyncio.to_thread(model.started.wait, 10)
+        narrow = [asyncio.ensure_future(batcher.predict(rows(i, width=3))) for i in range(5)]
+        wide = [asyncio.ensure_future(batcher.predict(rows(i, width=4))) for i in range(5)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *narrow, *wide)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert model.calls == [1, 5, 5]
+    assert [r["y"].shape for r in results[6:]] == [(1, 4)] * 5
+
+
+def test_one_bad_request_does_not_fail_its_batch(executor):
+    model = RecordingModel(fail_on=13.0)
+
+    async def main():
+        batcher = Batcher(model, executor, max_batch_size=100)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0)))
+        await asyncio.to_thread(model.started.wait, 10)
+        others = [asyncio.ensure_future(batcher.predict(rows(i))) for i in (11, 12, 13, 14)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *others, return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert isinstance(results[3], ValueError)
+    for i, result in zip((11, 12, 14), (results[1], results[2], results[4])):
+        assert result["y"][0, 0] == i * 2 + i * 3
+
+
+def test_max_wait_gathers_requests_that_arrive_within_it(executor):
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, executor, max_batch_size=4, max_wait_ms=2000)
+        tasks = []
+        for i in range(4):  # arrive one by one while the model is idle
+            tasks.append(asyncio.ensure_future(batcher.predict(rows(i))))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        await batcher.close()
+
+    run(main())
+    assert model.calls == [4]  # the call waited until it was full
+
+
+def test_without_batching_every_request_is_its_own_call(executor):
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, executor, enabled=False)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0)))
+        await asyncio.to_thread(model.started.wait, 10)
+        rest = [asyncio.ensure_future(batcher.predict(rows(i))) for i in range(1, 4)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+
+    run(main())
+    assert model.calls == [1, 1, 1, 1]
