@@ -24,7 +24,8 @@ from modelrun.proto import inference_pb2 as pb  # noqa: E402
 from modelrun.proto import inference_pb2_grpc as pb_grpc  # noqa: E402
 
 MAX_MESSAGE = 64 * 1024 * 1024
-SERVER_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+SERVER_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+                  ("grpc.so_reuseport", 0)]  # as serving/server.py
 MODEL = "ceiling"
 FEATURES = 8
 

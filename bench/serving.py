@@ -71,9 +71,9 @@ def build_model(path: Path) -> Path:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((8,), name="features"), keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(1)])
-    model.save(path)
+    inputs = keras.Input((8,), name="features")
+    outputs = keras.layers.Dense(1, name="prediction")(keras.layers.Dense(64, activation="relu")(inputs))
+    keras.Model(inputs, outputs, name="dense8").save(path)
     return path
 
 
