@@ -1,0 +1,93 @@
+"""`modelrun up`: the whole control plane on one machine.
+
+The same `api` function Cloud Functions runs, served by functions-framework's Flask app on
+127.0.0.1:PORT (werkzeug, one thread per request); the reconciler loop (woken by API writes, else every
+`reconcile_interval` seconds); and the bucket watcher, which turns a manifest written into the bucket
+folder into the finalize CloudEvent the `on_upload` function gets from Cloud Storage. It runs until
+SIGINT/SIGTERM and then stops what it started, model servers included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from modelrun.settings import Settings
+
+log = logging.getLogger("modelrun.up")
+
+
+def ensure_home(settings: Settings) -> None:
+    """Create MODELRUN_HOME and the bucket folder; on first run, a random API token (mode 0600)."""
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    settings.bucket_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(settings.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+
+
+def run(settings: Settings, port: int, *, as_json: bool = False) -> int:
+    """Run until a signal; return the exit status."""
+    from modelrun.local.stack import LocalStack, PortInUse
+
+    _configure_logging()
+    ensure_home(settings)
+    stack = LocalStack(settings, port)
+    try:
+        stack.bind()
+    except PortInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        stack.start()
+        _announce(settings, stack.url, as_json)
+        stop.wait()
+        log.info("stopping: model servers started here are stopped too")
+    finally:
+        stack.stop()
+    log.info("stopped")
+    return 0
+
+
+def _announce(settings: Settings, url: str, as_json: bool) -> None:
+    where = {"api": url, "openapi": f"{url}/openapi.yaml", "bucket": str(settings.bucket_dir),
+             "token_file": str(settings.token_file), "home": str(settings.home_dir),
+             "database": settings.resolved_database_url, "pid": os.getpid()}
+    if as_json:
+        print(json.dumps(where), flush=True)
+        return
+    lines = [
+        f"modelrun is up (pid {os.getpid()})",
+        f"  API       {url}   (OpenAPI document: {url}/openapi.yaml)",
+        f"  bucket    {settings.bucket_dir}   (a folder with a modelrun.json manifest deploys itself)",
+        f"  token     {settings.token_file}   (the CLI reads it from MODELRUN_HOME, or set MODELRUN_TOKEN)",
+        f"  database  {settings.resolved_database_url}",
+    ]
+    if url != settings.api.rstrip("/"):
+        lines.append(f"  point the CLI here with: export MODELRUN_API={url}")
+    lines.append("Deploy with `modelrun deploy NAME --model FILE --training-data FILE --wait`. Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per API request (--wait polls)
+
+
+def repo_root() -> Path:
+    """The folder holding `functions/main.py` (the checkout modelrun is installed from)."""
+    return Path(__file__).resolve().parents[2]

@@ -1,0 +1,111 @@
+"""The threads of `modelrun up`: the API server, the reconciler loop and the bucket watcher."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import sys
+import threading
+
+from modelrun.settings import Settings
+
+log = logging.getLogger("modelrun.up")
+HOST = "127.0.0.1"
+
+
+class PortInUse(Exception):
+    pass
+
+
+class LocalStack:
+    """Owns one control plane and everything that drives it; `stop()` undoes `start()`, model servers included."""
+
+    def __init__(self, settings: Settings, port: int):
+        self.settings = settings
+        self.port = port
+        self.control = None
+        self.server = None
+        self.watcher = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def bind(self) -> None:
+        """Load the `api` function through functions-framework and bind its port (fails fast if taken)."""
+        from functions_framework import create_app
+        from werkzeug.serving import make_server
+
+        from modelrun.local import repo_root
+
+        # Bind the socket here (werkzeug would print two lines and exit on a taken port).
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, self.port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUse(f"port {self.port} on {HOST} is already in use (another `modelrun up`?) — "
+                            f"pick a free one with `modelrun up --port N`") from None
+        app = create_app(target="api", source=str(repo_root() / "functions" / "main.py"))
+        with sock:
+            self.server = make_server(HOST, self.port, app, threaded=True, fd=sock.fileno())
+        self.port = self.server.port
+
+    def start(self) -> None:
+        from modelrun.local.watcher import BucketWatcher
+
+        self.control = shared_control_plane(self.settings)
+        self._spawn("reconciler", self._reconcile_loop)
+        self.watcher = BucketWatcher(self.settings.bucket_dir, self.control.handle_upload)
+        self.watcher.start()
+        self._spawn("api", self.server.serve_forever)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.server is not None:
+            if any(t.name == "api" for t in self._threads):
+                self.server.shutdown()
+            self.server.server_close()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.control is not None:
+            self.control.kick()
+        for thread in self._threads:
+            thread.join(timeout=60)
+            if thread.is_alive():
+                log.warning("%s thread did not stop within 60s", thread.name)
+        if self.control is not None:
+            self.control.shutdown()
+
+    def _spawn(self, name: str, target) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _reconcile_loop(self) -> None:
+        """One reconciler pass now, then one each time an API write wakes us or the interval passes."""
+        wake = self.control.wake
+        while not self._stop.is_set():
+            try:
+                self.control.reconcile_once()
+            except Exception:  # keep reconciling: the next pass resumes from what is recorded
+                log.exception("reconciler pass failed")
+            wake.wait(self.settings.reconcile_interval)
+            wake.clear()
+
+
+def shared_control_plane(settings: Settings):
+    """The ControlPlane the `api` function uses in this process, so API writes wake our reconciler.
+
+    functions-framework loaded functions/main.py as module `main`; its `control_plane()` builds the one
+    instance from Settings() (the same environment as `settings`).
+    """
+    return sys.modules["main"].control_plane()
+

@@ -1,0 +1,108 @@
+"""What a user sees when things go wrong: `modelrun up` killed mid-deploy and started again, the API not
+running, an unknown deployment, a taken port, and `up` stopping what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import Stack, serving_processes
+from tests.util import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def one_error_line(result) -> str:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+@pytest.fixture
+def fresh_stack(tmp_path):
+    s = Stack(tmp_path / "home")
+    yield s
+    s.cleanup()
+
+
+def test_killed_mid_deploy_then_restarted_reaches_ready_without_orphans(fresh_stack, models):
+    stack = fresh_stack.up()
+    token = (stack.home / "token")
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    stack.cli("deploy", "crashy", "--model", str(models["v1"]), "--training-data", str(models["dense8_csv"]))
+    client = stack.client()
+    wait_until(lambda: client.get("crashy")["status"] in ("DEPLOYING", "READY"), timeout=120, interval=0.05,
+               what="the deploy to reach DEPLOYING")
+    client.close()
+    stack.stop(signal.SIGKILL)
+
+    stack.up()  # same home, a new port: the new `up` owns everything now
+    deployment = stack.cli_json("get", "crashy")
+    deployment = stack.client().wait("crashy", timeout=180)
+    assert deployment["status"] == "READY", deployment  # a clear FAILED would name its reason here
+    assert deployment["revision"] == 1
+
+    live = serving_processes(stack.home)
+    assert len(live) == 1, f"expected one model server for one READY revision, found pids {live}"
+    assert all(_parent_alive(pid) for pid in live)
+    x = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    rows = [dict(zip(models["features"], map(float, r), strict=True)) for r in x]
+    assert len(stack.client().predict("crashy", rows)) == 2
+
+    assert stack.stop() == 0, "`modelrun up` exits 0 on SIGTERM"
+    wait_until(lambda: serving_processes(stack.home) == [], timeout=60, what="`up` to stop its model servers")
+
+
+def _parent_alive(pid: int) -> bool:
+    ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    return ppid != 1 and os.path.exists(f"/proc/{ppid}")
+
+
+def test_cli_without_a_running_api_says_so_in_one_line(tmp_path):
+    stack = Stack(tmp_path / "home")
+    stack.port = free_port()
+    for args in (["list"], ["get", "nothing"], ["predict", "nothing", "-"]):
+        line = one_error_line(stack.cli(*args, check=False, input="[{\"a\": 1}]"))
+        assert f"127.0.0.1:{stack.port}" in line and "modelrun up" in line
+
+
+def test_user_errors_are_one_line_and_nonzero(stack_for_errors, models, tmp_path):
+    stack = stack_for_errors
+    assert "nosuch" in one_error_line(stack.cli("get", "nosuch", check=False))
+    assert "nosuch" in one_error_line(stack.cli("delete", "nosuch", check=False))
+    one_error_line(stack.cli("deploy", "Bad_Name", "--model", str(models["v1"]),
+                             "--training-data", str(models["dense8_csv"]), check=False))
+    one_error_line(stack.cli("predict", "nosuch", "-", input="[{\"f0\": 1}]", check=False))
+    (tmp_path / "empty.json").write_text("")
+    one_error_line(stack.cli("predict", "nosuch", str(tmp_path / "empty.json"), check=False))
+    wrong_token = stack.env | {"MODELRUN_TOKEN": "not-the-token"}
+    one_error_line(stack.cli("list", env=wrong_token, check=False))
+
+
+def test_up_on_a_taken_port_fails_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = Stack(tmp_path / "home")
+        stack.port = port
+        result = stack.cli("up", "--port", str(port), check=False, timeout=120)
+    line = one_error_line(result)
+    assert str(port) in line
+
+
+@pytest.fixture(scope="module")
+def stack_for_errors(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("errors") / "home")
+    try:
+        yield s.up()
+    finally:
+        s.cleanup()
