@@ -9,10 +9,21 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from modelrun.errors import Unprocessable
+
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 for a dimension of any size
+
 
 TRAINING_DATA_SUFFIXES = (".csv", ".json", ".jsonl", ".ndjson", ".parquet", ".pq")
 
@@ -26,6 +37,9 @@ def check_model(path: Path, uri: str) -> str:
             raise Unprocessable(f"{uri} is a corrupt SavedModel: saved_model.pb is empty")
         return "savedmodel"
     if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise Unprocessable(f"{uri} is a corrupt .keras file: the zip archive is truncated or damaged")
         raise Unprocessable(f"{uri} is not a model: expected a Keras .keras file or a SavedModel folder "
                             f"(with saved_model.pb)")
     try:
@@ -90,7 +104,32 @@ def _first_char(path: Path) -> str:
         return f.read(4096).lstrip()[:1].decode("ascii", "replace")
 
 
-def check_inputs(inputs, features: list[str]) -> None:
+def keras_inputs(path: Path) -> list[TensorSpec] | None:
+    """The inputs a .keras file declares (from its config.json), or None when it does not say plainly."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inner = json.loads(archive.read("config.json")).get("config", {})
+        layers = {layer["config"]["name"]: layer["config"] for layer in inner.get("layers", [])
+                  if layer.get("class_name") == "InputLayer"}
+        refs = inner.get("input_layers")
+        if isinstance(refs, dict):
+            pairs = [(key, ref[0]) for key, ref in refs.items()]
+        elif isinstance(refs, list) and refs and isinstance(refs[0], str):
+            pairs = [(refs[0], refs[0])]
+        elif isinstance(refs, list) and refs:
+            pairs = [(ref[0], ref[0]) for ref in refs]
+        else:
+            pairs = [(name, name) for name in layers]
+        specs = []
+        for name, layer in pairs:
+            shape = layers[layer]["batch_shape"]
+            specs.append(TensorSpec(name, str(layers[layer].get("dtype")), [-1 if d is None else int(d) for d in shape]))
+        return specs or None
+    except (KeyError, TypeError, ValueError, IndexError, zipfile.BadZipFile, OSError):
+        return None
+
+
+def check_inputs(inputs: list[TensorSpec], features: list[str]) -> None:
     """Raise Unprocessable when the model's inputs (TensorSpec list) do not fit the feature columns."""
     if not inputs:
         raise Unprocessable("the model reports no inputs")

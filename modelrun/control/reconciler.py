@@ -98,7 +98,10 @@ class Reconciler:
             return
         probe = self.runner.probe(rev.runtime)
         if probe.state == "exited":
-            return self._fail(rev, probe.reason or "the model server exited")
+            reason = probe.reason or "the model server exited"
+            if "FEATURE_NAMES" in reason:  # the server refused the training data's columns for its input
+                reason += f" (the training data's feature columns: {', '.join(rev.features or [])})"
+            return self._fail(rev, reason)
         if probe.state != "serving":
             if rev.deadline is not None and utcnow() > rev.deadline:
                 self._fail(rev, f"the model server did not become ready within {self.settings.start_timeout:.0f} s")

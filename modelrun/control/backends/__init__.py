@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from modelrun.control.inspect import TensorSpec
 from modelrun.control.models import Revision
 from modelrun.errors import InvalidInput
 from modelrun.settings import Settings
@@ -63,13 +64,6 @@ class Probe:
     reason: str | None = None
 
 
-@dataclass
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: list[int]
-
-
 class Runner(Protocol):
     """Runs one model server per revision."""
 
@@ -103,6 +97,8 @@ def _local_runner(settings: Settings):
     from modelrun.control.backends.local_runner import LocalRunner
     return LocalRunner(settings)
 
+
+__all__ = ["Build", "Builder", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
 
 STORAGES = {"local": _local_storage}
 BUILDERS = {"local": _local_builder}

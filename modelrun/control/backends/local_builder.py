@@ -61,6 +61,9 @@ class LocalBuilder:
             raise Unprocessable(f"{rev.training_data_uri} is a folder; training data must be one CSV, JSON "
                                 f"or Parquet file")
         features = inspect.feature_columns(data, rev.training_data_uri, rev.config.get("label"))
+        declared = inspect.keras_inputs(tmp / model_name) if kind == "keras" else None
+        if declared:  # fail before starting a server; SavedModels are checked once they serve
+            inspect.check_inputs(declared, features)
         (tmp / MANIFEST).write_text(json.dumps({"model": model_name, "training_data": data_name,
                                                 "features": features}))
         return features

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from modelrun.settings import Settings
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ [A-Z]+ [\w.]+: ")  # "2026-01-01 10:00:00,123 ERROR serving: "
 
 
 class LocalRunner:
@@ -67,7 +69,8 @@ class LocalRunner:
                 raise Unavailable(f"could not start the model server: {exc}") from None
         self._children[child.pid] = child
         runtime = {"pid": child.pid, "port": port, "started": procs.start_time(child.pid), "log": str(log_path)}
-        self._pidfile(rev.name, rev.revision).write_text(json.dumps(runtime))
+        pidfile = self.settings.run_dir / f"{rev.name}-r{rev.revision}-{child.pid}.pid"
+        pidfile.write_text(json.dumps({**runtime, "name": rev.name, "revision": rev.revision}))
         log.info("started %s revision %d: pid %d on %s:%d", rev.name, rev.revision, child.pid, HOST, port)
         return Started(runtime, f"{HOST}:{port}")
 
@@ -106,8 +109,7 @@ class LocalRunner:
         owned = {(name, revision, runtime.get("pid")) for name, revision, runtime in live}
         for pidfile in sorted(self.settings.run_dir.glob("*.pid")):
             info = _read_json(pidfile)
-            name, _, revision = pidfile.stem.rpartition("-r")
-            if (name, int(revision or 0), info.get("pid")) in owned:
+            if (info.get("name"), info.get("revision"), info.get("pid")) in owned:
                 continue
             if info.get("pid"):
                 log.warning("stopping stray model server %s (pid %s)", pidfile.stem, info["pid"])
@@ -115,9 +117,6 @@ class LocalRunner:
             pidfile.unlink(missing_ok=True)
 
     # ---- helpers ---------------------------------------------------------------------------------
-
-    def _pidfile(self, name: str, revision: int) -> Path:
-        return self.settings.run_dir / f"{name}-r{revision}.pid"
 
     def _owned(self, runtime: dict) -> bool:
         """Is `runtime` still the process we started (same pid and start time, our serving command)?"""
@@ -160,7 +159,7 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     lines = [line for line in lines if line and not line.startswith("--- modelrun:")]
-    return lines[-1][:500] if lines else ""
+    return _LOG_PREFIX.sub("", lines[-1])[:500] if lines else ""
 
 
 def _read_json(path: Path) -> dict:
