@@ -40,12 +40,13 @@ class Client:
     """REST calls to the control plane and `predict` to a deployment's gRPC endpoint. Thread-safe."""
 
     def __init__(self, api: str | None = None, token: str | None = None, *, settings: Settings | None = None,
-                 timeout: float = 30.0):
+                 timeout: float = 30.0, refresh_after: float = 2.0):
         settings = settings or Settings()
         self.api = (api or settings.api).rstrip("/")
         token = token or settings.resolved_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.api, headers=headers, timeout=timeout)
+        self.refresh_after = refresh_after
         self._lock = threading.Lock()
         self._targets: dict[str, _Target] = {}  # deployment name -> its endpoint and input metadata
 
@@ -138,10 +139,10 @@ class Client:
                 retry_for: float = 30.0) -> list[dict[str, Any]]:
         """Predict `rows` (dicts keyed by feature) on deployment `name`; one dict of outputs per row.
 
-        The endpoint and the model's inputs are looked up once and cached. When the server is
-        unavailable (an update moved the deployment to a new server, or it is restarting) the endpoint
-        is looked up again and the request retried with the same request id for up to `retry_for`
-        seconds, so a prediction is logged once.
+        The endpoint and the model's inputs are cached (see `_target`). When the server is unavailable
+        (an update moved the deployment to a new server, or it is restarting) the endpoint is looked up
+        again and the request retried with the same request id for up to `retry_for` seconds, so a
+        prediction is logged once.
         """
         rows = list(rows)
         if not rows:
@@ -149,29 +150,50 @@ class Client:
         request_id = uuid.uuid4().hex
         deadline = time.monotonic() + retry_for
         while True:
-            target = self._target(name)
             try:
+                target = self._target(name)
                 return target.infer(rows, request_id, timeout)
-            except _EndpointGone as exc:
+            except (_EndpointGone, errors.Unavailable) as exc:
                 with self._lock:
-                    if self._targets.get(name) is target:
-                        del self._targets[name]
+                    known = self._targets.get(name)
+                if known is None:  # never reached it: say so at once (API down, not deployed yet)
+                    if isinstance(exc, _EndpointGone):
+                        raise errors.Unavailable(f"deployment {name!r} did not answer: {exc}") from None
+                    raise
+                known.resolved_at = float("-inf")  # ask the API where it is now
                 if time.monotonic() > deadline:
                     raise errors.Unavailable(f"deployment {name!r} did not answer: {exc}") from None
                 time.sleep(0.1)
 
     def _target(self, name: str) -> _Target:
+        """The cached endpoint of `name`, checked against the API every `refresh_after` seconds.
+
+        After an update the previous revision serves for a short grace period, so a periodic check moves
+        traffic to the new one before the old one stops. If the API cannot be reached, the cached
+        endpoint is kept: predictions do not depend on the control plane being up.
+        """
         with self._lock:
             target = self._targets.get(name)
-        if target is not None:
+        if target is not None and time.monotonic() - target.resolved_at < self.refresh_after:
             return target
-        deployment = self.get(name)
+        try:
+            deployment = self.get(name)
+        except errors.Unavailable:
+            if target is None:
+                raise
+            target.resolved_at = time.monotonic()
+            return target
         if not deployment.get("endpoint"):
             raise errors.Unavailable(
                 f"deployment {name!r} has no endpoint yet (status {deployment.get('status')}); "
                 f"wait for READY with `modelrun get {name}`")
-        with self._lock:  # another thread may have connected meanwhile: keep one
-            return self._targets.setdefault(name, _Target(deployment))
+        with self._lock:
+            current = self._targets.get(name)
+            if current is not None and current.endpoint == deployment["endpoint"]:
+                current.resolved_at = time.monotonic()
+                return current
+            self._targets[name] = _Target(deployment)  # new endpoint; threads still on the old one finish there
+            return self._targets[name]
 
     def close(self) -> None:
         self._http.close()
@@ -222,6 +244,8 @@ class _Target:
         from modelrun.proto import inference_pb2_grpc
 
         self.model = deployment.get("model_name") or deployment["name"]
+        self.endpoint = deployment["endpoint"]
+        self.resolved_at = time.monotonic()
         self.features = _feature_order(deployment)
         endpoint = deployment["endpoint"]
         if endpoint.startswith("https://"):

@@ -1,0 +1,179 @@
+"""A user's day with modelrun, through the `modelrun` command and a running `modelrun up`:
+deploy a Keras model and a SavedModel, predict (JSON, CSV, tritonclient), roll out a new version while
+traffic flows, delete, and let a manifest dropped into the bucket deploy itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import serving_processes, write_csv
+from tests.util import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def rows_of(x: np.ndarray, features: list[str]) -> list[dict]:
+    return [dict(zip(features, map(float, row), strict=True)) for row in x]
+
+
+def single_output(predictions: list[dict]) -> np.ndarray:
+    assert all(len(p) == 1 for p in predictions), predictions[:1]
+    return np.array([float(np.ravel(next(iter(p.values())))[0]) for p in predictions])
+
+
+def expected_dense8(path, x: np.ndarray) -> np.ndarray:
+    from tests.serving.models import load_keras
+
+    return np.asarray(load_keras(path)(x)).ravel()
+
+
+def deploy(stack, name: str, model, data, *extra: str) -> dict:
+    deployment = stack.cli_json("deploy", name, "--model", str(model), "--training-data", str(data), "--wait", *extra)
+    assert deployment["status"] == "READY", deployment
+    assert deployment["endpoint"], deployment
+    return deployment
+
+
+def test_keras_model_deploys_and_predicts_from_json_csv_and_tritonclient(stack, models, tmp_path):
+    deployment = deploy(stack, "dense", models["v1"], models["dense8_csv"])
+    features = models["features"]
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    expected = expected_dense8(models["v1"], x)
+
+    # JSON rows from a file, keys in a different order than the training data's columns
+    rows_file = tmp_path / "rows.json"
+    rows_file.write_text(json.dumps([dict(reversed(list(r.items()))) for r in rows_of(x, features)]))
+    np.testing.assert_allclose(single_output(stack.cli_json("predict", "dense", str(rows_file))), expected,
+                               rtol=1e-4, atol=1e-5)
+
+    # CSV on standard input
+    csv_file = write_csv(tmp_path / "rows.csv", features, x.tolist())
+    predicted = stack.cli_json("predict", "dense", "-", input=csv_file.read_text())
+    np.testing.assert_allclose(single_output(predicted), expected, rtol=1e-4, atol=1e-5)
+
+    # The human-readable table names the prediction
+    table = stack.cli("predict", "dense", str(csv_file)).stdout
+    assert f"{expected[0]:.4}"[:5] in table
+
+    # A client nobody here wrote, on the endpoint the deployment names
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(deployment["endpoint"])
+    metadata = client.get_model_metadata(deployment["name"], as_json=True)
+    tensor = triton.InferInput(metadata["inputs"][0]["name"], list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    result = client.infer(deployment["name"], [tensor])
+    np.testing.assert_allclose(result.as_numpy(metadata["outputs"][0]["name"]).ravel(), expected, rtol=1e-4, atol=1e-5)
+    client.close()
+
+    listed = stack.cli_json("list")["deployments"]
+    assert [d["name"] for d in listed if d["name"] == "dense"] == ["dense"]
+    assert stack.cli_json("get", "dense")["status"] == "READY"
+    assert "READY" in stack.cli("get", "dense").stdout
+    stack.cli("delete", "dense", "--wait")
+
+
+def test_savedmodel_deploys_then_delete_makes_it_gone(stack, models):
+    from tests.serving.models import build_dense8
+
+    before = len(serving_processes(stack.home))
+    deploy(stack, "saved", models["savedmodel"], models["dense8_csv"])
+    x = np.random.default_rng(2).normal(size=(4, 8)).astype(np.float32)
+    predicted = single_output(stack.client().predict("saved", rows_of(x, models["features"])))
+    np.testing.assert_allclose(predicted, np.asarray(build_dense8(seed=2)(x)).ravel(), rtol=1e-4, atol=1e-5)
+
+    assert "deleted" in stack.cli("delete", "saved", "--wait").stdout
+    gone = stack.cli("get", "saved", check=False)
+    assert gone.returncode != 0
+    assert gone.stderr.startswith("error:") and len(gone.stderr.strip().splitlines()) == 1
+    assert "saved" in gone.stderr
+    wait_until(lambda: len(serving_processes(stack.home)) == before, timeout=60, what="the model server to stop")
+
+
+def test_named_inputs_with_string_features(stack, models, tmp_path):
+    from tests.serving.models import load_keras, tabular_rows
+
+    deploy(stack, "houses", models["tabular"], models["tabular_csv"])
+    t = tabular_rows(6, seed=3)
+    rows = [{"city": str(t["city"][i, 0]), "garden": bool(t["garden"][i, 0]), "rooms": int(t["rooms"][i, 0]),
+             "age": float(t["age"][i, 0])} for i in range(6)]
+    (tmp_path / "houses.json").write_text(json.dumps(rows))
+    predicted = stack.cli_json("predict", "houses", str(tmp_path / "houses.json"))
+    expected = load_keras(models["tabular"])(t)
+    for output in ("price", "expensive"):
+        got = [float(np.ravel(p[output])[0]) for p in predicted]
+        np.testing.assert_allclose(got, np.asarray(expected[output]).ravel(), rtol=1e-4, atol=1e-5)
+    stack.cli("delete", "houses", "--wait")
+
+
+def test_update_switches_versions_without_failing_a_prediction(stack, models):
+    before = len(serving_processes(stack.home))
+    deploy(stack, "rollout", models["v1"], models["dense8_csv"])
+    x = np.random.default_rng(4).normal(size=(3, 8)).astype(np.float32)
+    rows = rows_of(x, models["features"])
+    v1, v2 = expected_dense8(models["v1"], x), expected_dense8(models["v2"], x)
+    client = stack.client()
+    answers, failures, stop = [], [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                answers.append(single_output(client.predict("rollout", rows)))
+            except Exception as exc:  # noqa: BLE001 — every failure is what this test counts
+                failures.append(repr(exc))
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(answers) >= 3, timeout=60, what="predictions before the update")
+        updated = stack.cli_json("update", "rollout", "--model", str(models["v2"]), "--wait")
+        assert updated["status"] == "READY", updated
+        wait_until(lambda: np.allclose(answers[-1], v2, rtol=1e-4, atol=1e-5), timeout=60,
+                   what="traffic to reach the new version")
+        seen = len(answers)
+        wait_until(lambda: len(answers) >= seen + 5, timeout=60, what="predictions after the switch")
+    finally:
+        stop.set()
+        thread.join(60)
+        client.close()
+    assert failures == []
+    assert np.allclose(answers[0], v1, rtol=1e-4, atol=1e-5)
+    assert np.allclose(answers[-1], v2, rtol=1e-4, atol=1e-5)
+    assert all(np.allclose(a, v1, rtol=1e-4, atol=1e-5) or np.allclose(a, v2, rtol=1e-4, atol=1e-5) for a in answers)
+    wait_until(lambda: len(serving_processes(stack.home)) == before + 1, timeout=60, what="the old revision's server to stop")
+    stack.cli("delete", "rollout", "--wait")
+
+
+def test_manifest_dropped_into_the_bucket_deploys_itself(stack, models):
+    folder = stack.bucket / "dropped-v1"
+    folder.mkdir()
+    shutil.copy(models["v1"], folder / "model.keras")
+    shutil.copy(models["dense8_csv"], folder / "train.csv")
+    # The manifest is written last, as an upload tool would.
+    (folder / "modelrun.json").write_text(json.dumps(
+        {"name": "dropped", "model": "model.keras", "training_data": "train.csv"}))
+    client = stack.client()
+    deployment = wait_until(lambda: _ready(client, "dropped"), timeout=180, interval=0.5,
+                            what="the manifest's deployment to be READY")
+    assert deployment["status"] == "READY", deployment
+    x = np.random.default_rng(5).normal(size=(2, 8)).astype(np.float32)
+    predicted = single_output(client.predict("dropped", rows_of(x, models["features"])))
+    np.testing.assert_allclose(predicted, expected_dense8(models["v1"], x), rtol=1e-4, atol=1e-5)
+    client.close()
+    stack.cli("delete", "dropped", "--wait")
+
+
+def _ready(client, name):
+    from modelrun import errors
+
+    try:
+        deployment = client.get(name)
+    except errors.NotFound:
+        return None
+    return deployment if deployment["status"] in ("READY", "FAILED") else None
