@@ -141,8 +141,8 @@ class Client:
 
         The endpoint and the model's inputs are cached (see `_target`). When the server is unavailable
         (an update moved the deployment to a new server, or it is restarting) the endpoint is looked up
-        again and the request retried with the same request id for up to `retry_for` seconds, so a
-        prediction is logged once.
+        again and the request retried for up to `retry_for` seconds, with the same request `id`, so the
+        prediction log can tell a retry from a new request.
         """
         rows = list(rows)
         if not rows:
