@@ -153,7 +153,10 @@ def _uri(value: str | None) -> str | None:
     """Relative local paths are made absolute: the control plane does not share the CLI's directory."""
     if not value or "://" in value:
         return value
-    return str(Path(value).expanduser().resolve())
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise errors.InvalidInput(f"{value}: no such file or folder")
+    return str(path.resolve())
 
 
 @cli.command(name="list")

@@ -184,9 +184,10 @@ class Client:
             target.resolved_at = time.monotonic()
             return target
         if not deployment.get("endpoint"):
-            raise errors.Unavailable(
-                f"deployment {name!r} has no endpoint yet (status {deployment.get('status')}); "
-                f"wait for READY with `modelrun get {name}`")
+            if deployment.get("status") == "FAILED":
+                raise errors.Unavailable(f"deployment {name!r} FAILED and serves nothing: {deployment.get('error')}")
+            raise errors.Unavailable(f"deployment {name!r} has no endpoint yet (status {deployment.get('status')}); "
+                                     f"wait for READY with `modelrun get {name}`")
         with self._lock:
             current = self._targets.get(name)
             if current is not None and current.endpoint == deployment["endpoint"]:

@@ -41,6 +41,15 @@ def serving_processes(home: Path) -> list[int]:
     return pids
 
 
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """Assert a command failed with exactly one `error: ...` line on stderr (no traceback); return it."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
 class Stack:
     """One `modelrun up` and the environment a user's shell would have to talk to it."""
 
