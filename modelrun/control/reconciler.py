@@ -45,11 +45,18 @@ class Reconciler:
             self.runner.sweep(self.repo.live_runtimes())
 
     def stop_all(self) -> None:
-        """Stop every server this home runs; their revisions keep their state and restart next time."""
+        """Stop every server this home runs. Revisions keep their state and forget the process, so the
+        next start starts them again (READY ones on their previous port when it is free)."""
         with self._lock:
-            for _name, _revision, runtime in self.repo.live_runtimes():
-                self.runner.stop(runtime)
-            self.runner.sweep([])
+            try:
+                for name in self.repo.names():
+                    loaded = self.repo.load(name)
+                    for rev in loaded[2] if loaded else []:
+                        if rev.runtime:
+                            self.runner.stop(rev.runtime)
+                            self.repo.set_revision(rev, runtime=None)
+            finally:
+                self.runner.sweep([])
 
     # ---- one deployment --------------------------------------------------------------------------
 

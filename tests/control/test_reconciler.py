@@ -6,6 +6,8 @@ Each test stops every server it started (the `home` fixture fails a test that le
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import shutil
 import zipfile
 
@@ -195,3 +197,28 @@ def test_a_stray_server_nobody_recorded_is_stopped(plane, home, models_dir):
     wait_until(lambda: runtime["pid"] not in serving_processes(home), timeout=30, what="the stray to stop")
     ready = wait_status(plane, "stray")
     assert ready["status"] == "READY", ready["error"]
+
+
+def test_a_ready_server_that_dies_is_restarted_on_its_endpoint(plane, home, models_dir):
+    create(plane, "phoenix", models_dir["dense8"], models_dir["train8"], {"label": "target"})
+    ready = wait_status(plane, "phoenix")
+    assert ready["status"] == "READY", ready["error"]
+    [pid] = serving_processes(home)
+    os.kill(pid, signal.SIGKILL)
+    wait_status(plane, "phoenix", statuses=("DEPLOYING",), timeout=30)
+    again = wait_status(plane, "phoenix")
+    assert again["status"] == "READY" and again["endpoint"] == ready["endpoint"]
+    assert versions(again["endpoint"], "phoenix") == ["1"]
+    assert any("restarting" in (e["message"] or "") for e in plane.deployments.events("phoenix"))
+
+
+def test_an_update_during_an_update_supersedes_it(plane, tmp_path, models_dir):
+    bad = tmp_path / "bad.keras"
+    bad.write_text("nope")
+    create(plane, "twice", bad, models_dir["train8"])
+    plane.deployments.update("twice", {"model_uri": str(models_dir["dense8"]),
+                                       "training_data_uri": str(tmp_path / "missing.csv")})
+    result = wait_status(plane, "twice")
+    assert (result["status"], result["revision"]) == ("FAILED", 2) and "missing.csv does not exist" in result["error"]
+    states = {r.revision: r.state for r in plane.repo.load("twice")[2]}
+    assert states == {1: "RETIRED", 2: "FAILED"}
