@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +42,7 @@ class Settings(BaseSettings):
     reconcile_interval: float = 2.0
     """Seconds between reconciler passes in `modelrun up` (API writes also wake it at once)."""
 
-    auth: str = "token"
+    auth: Literal["token", "none"] = "token"
     """REST API authentication: `token` (bearer token, see `token`) or `none` (behind IAM on Google Cloud)."""
 
     max_body_bytes: int = 65536
