@@ -1,0 +1,195 @@
+"""The gRPC half of `modelrun.client`: a deployment's endpoint, and rows <-> Open Inference Protocol tensors.
+
+A model with one 2-D input gets the rows as a matrix whose columns follow the training data's feature
+order; a model with one named input per feature gets one tensor per feature in the datatype the model's
+metadata asks for (strings as BYTES). Outputs come back as one dict per row. gRPC, numpy and the
+generated stubs are imported only here, when predicting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from modelrun import errors
+
+Deployment = dict[str, Any]
+
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_NUMPY = {"BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "UINT8": "uint8",
+          "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "FP16": "float16", "FP32": "float32",
+          "FP64": "float64"}
+_RETRY = ("UNAVAILABLE",)
+
+
+class EndpointGone(Exception):
+    """The endpoint did not answer (moved, restarting, stopped): look the deployment up again."""
+
+
+class Target:
+    """One deployment's gRPC endpoint, its model's inputs and the feature order of its training data."""
+
+    def __init__(self, deployment: Deployment):
+        import grpc
+
+        from modelrun.proto import inference_pb2_grpc
+
+        self.model = deployment.get("model_name") or deployment["name"]
+        self.endpoint = deployment["endpoint"]
+        self.resolved_at = time.monotonic()
+        self.features = _feature_order(deployment)
+        endpoint = deployment["endpoint"]
+        if endpoint.startswith("https://"):
+            host = endpoint.removeprefix("https://").rstrip("/")
+            self.channel = grpc.secure_channel(f"{host}:443" if ":" not in host else host,
+                                               grpc.ssl_channel_credentials())
+        else:
+            self.channel = grpc.insecure_channel(endpoint.removeprefix("http://").rstrip("/"))
+        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self._inputs: list | None = None
+        self._lock = threading.Lock()
+
+    def infer(self, rows: list[Mapping[str, Any]], request_id: str, timeout: float) -> list[dict[str, Any]]:
+        from modelrun.proto import inference_pb2 as pb
+
+        request = pb.ModelInferRequest(model_name=self.model, id=request_id)
+        for name, datatype, shape, values in self._tensors(rows, timeout):
+            tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+            if datatype not in _CONTENTS:
+                raise errors.InvalidInput(f"input {name!r} has datatype {datatype}, which the client cannot send")
+            getattr(tensor.contents, _CONTENTS[datatype]).extend(values)
+        response = self._rpc(self.stub.ModelInfer, request, timeout)
+        return _rows_from(response, len(rows))
+
+    def _tensors(self, rows, timeout):
+        inputs = self._metadata(timeout)
+        keys = list(self.features or rows[0].keys())
+        if len(inputs) == 1 and inputs[0].name not in rows[0]:
+            # One 2-D input: the rows become a matrix, columns in the training data's feature order.
+            (meta,) = inputs
+            width = meta.shape[-1] if len(meta.shape) == 2 else -1
+            if width > 0 and width != len(keys):
+                raise errors.InvalidInput(
+                    f"the model takes {width} features per row, the rows have {len(keys)}: {', '.join(keys)}")
+            values = [_value(row, key, i, meta.datatype) for i, row in enumerate(rows) for key in keys]
+            yield meta.name, meta.datatype, [len(rows), len(keys)], values
+            return
+        for meta in inputs:  # one named input per feature
+            values = [_value(row, meta.name, i, meta.datatype) for i, row in enumerate(rows)]
+            shape = [len(rows)] + [1] * (len(meta.shape) - 1) if len(meta.shape) > 1 else [len(rows)]
+            yield meta.name, meta.datatype, shape, values
+
+    def _metadata(self, timeout):
+        with self._lock:
+            if self._inputs is None:
+                from modelrun.proto import inference_pb2 as pb
+
+                reply = self._rpc(self.stub.ModelMetadata, pb.ModelMetadataRequest(name=self.model), timeout)
+                self._inputs = list(reply.inputs)
+            return self._inputs
+
+    def _rpc(self, method, request, timeout):
+        import grpc
+
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code, detail = exc.code(), exc.details() or str(exc.code())
+            if code.name in _RETRY:
+                raise EndpointGone(detail) from None
+            cls = {"INVALID_ARGUMENT": errors.InvalidInput, "NOT_FOUND": errors.NotFound,
+                   "RESOURCE_EXHAUSTED": errors.TooLarge, "FAILED_PRECONDITION": errors.Unprocessable,
+                   "DEADLINE_EXCEEDED": errors.Unavailable}.get(code.name, errors.ModelrunError)
+            raise cls(f"{self.model}: {detail}") from None
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _feature_order(deployment: Deployment) -> list[str] | None:
+    """The training data's feature columns in order: from the API if it says, else from a local file."""
+    features = deployment.get("features")
+    if isinstance(features, list) and features:
+        return [f["name"] if isinstance(f, dict) else str(f) for f in features]
+    try:
+        columns = _columns_of(deployment.get("training_data_uri") or "")
+    except Exception:  # unreadable or remote: fall back to the rows' own key order
+        return None
+    label = (deployment.get("config") or {}).get("label")
+    return [c for c in columns if c != label] or None
+
+
+def _columns_of(uri: str) -> list[str]:
+    import csv
+    import json
+
+    from modelrun.uris import resolve_local
+
+    path = resolve_local(uri)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet" or path.is_dir():
+        import pyarrow.parquet
+
+        return pyarrow.parquet.read_schema(path).names
+    with open(path, encoding="utf-8-sig") as f:
+        if suffix == ".csv":
+            return next(csv.reader(f))
+        head = f.read(1 << 20).lstrip()
+    if head.startswith("["):
+        return list(json.loads(head if len(head) < (1 << 20) else open(path).read())[0])
+    return list(json.loads(head.splitlines()[0]))
+
+
+def _value(row: Mapping[str, Any], key: str, index: int, datatype: str) -> Any:
+    try:
+        value = row[key]
+    except KeyError:
+        raise errors.InvalidInput(f"row {index} has no feature {key!r} (it has: {', '.join(row)})") from None
+    if datatype == "BYTES":
+        return value if isinstance(value, bytes) else str(value).encode()
+    if datatype == "BOOL":
+        return value.strip().lower() in ("1", "true", "yes") if isinstance(value, str) else bool(value)
+    try:
+        if datatype.startswith("FP"):
+            return float(value)
+        return int(value) if not isinstance(value, str) or value.strip().lstrip("+-").isdigit() else int(float(value))
+    except (TypeError, ValueError):
+        raise errors.InvalidInput(
+            f"row {index}: feature {key!r} must be a number ({datatype}), got {value!r}") from None
+
+
+def _rows_from(response, count: int) -> list[dict[str, Any]]:
+    """Split the output tensors into one dict per row; a one-element output becomes a scalar."""
+    import numpy as np
+
+    rows: list[dict[str, Any]] = [{} for _ in range(count)]
+    for index, output in enumerate(response.outputs):
+        if index < len(response.raw_output_contents):
+            values = _from_raw(response.raw_output_contents[index], output.datatype)
+        else:
+            values = list(getattr(output.contents, _CONTENTS.get(output.datatype, "fp32_contents")))
+        if output.datatype == "BYTES":
+            values = np.array([v.decode("utf-8", "replace") for v in values], dtype=object)
+        array = np.asarray(values).reshape(count, -1)
+        for row, item in zip(rows, array, strict=True):
+            row[output.name] = item[0].item() if item.size == 1 and hasattr(item[0], "item") else (
+                item[0] if item.size == 1 else item.tolist())
+    return rows
+
+
+def _from_raw(raw: bytes, datatype: str) -> list:
+    import numpy as np
+
+    if datatype != "BYTES":
+        return np.frombuffer(raw, dtype=np.dtype(_NUMPY[datatype]).newbyteorder("<"))
+    values, offset = [], 0
+    while offset < len(raw):
+        size = int.from_bytes(raw[offset:offset + 4], "little")
+        values.append(raw[offset + 4:offset + 4 + size])
+        offset += 4 + size
+    return values
