@@ -106,9 +106,13 @@ def test_named_inputs_with_string_features(stack, models, tmp_path):
     (tmp_path / "houses.json").write_text(json.dumps(rows))
     predicted = stack.cli_json("predict", "houses", str(tmp_path / "houses.json"))
     expected = load_keras(models["tabular"])(t)
+    # The same rows as CSV (every value text: the model's metadata gives each feature its datatype)
+    csv_rows = write_csv(tmp_path / "houses.csv", list(rows[0]), [list(r.values()) for r in rows]).read_text()
+    from_csv = stack.cli_json("predict", "houses", "-", input=csv_rows)
     for output in ("price", "expensive"):
-        got = [float(np.ravel(p[output])[0]) for p in predicted]
-        np.testing.assert_allclose(got, np.asarray(expected[output]).ravel(), rtol=1e-4, atol=1e-5)
+        for answers in (predicted, from_csv):
+            got = [float(np.ravel(p[output])[0]) for p in answers]
+            np.testing.assert_allclose(got, np.asarray(expected[output]).ravel(), rtol=1e-4, atol=1e-5)
     stack.cli("delete", "houses", "--wait")
 
 
