@@ -38,8 +38,11 @@ def targets(rows: list[dict]) -> list[dict]:
     by = {(r["server"], r["concurrency"]): r for r in rows}
     on32, seq = by.get(("on", 32)), by.get(("on", 1))
     ratio = on32["vs_ceiling"] if on32 and on32["vs_ceiling"] is not None else None
+    value = None if ratio is None else f"{ratio:.0%}"
+    if ratio is not None and ("ceiling", 32) in by:  # the same question asked of CPU time, for reading noisy runs
+        value += f" (by server CPU per request: {by['ceiling', 32]['server_cpu_us'] / on32['server_cpu_us']:.0%})"
     return [
-        {"target": "c=32, logging on: rps >= 75% of the ceiling's", "value": None if ratio is None else f"{ratio:.0%}",
+        {"target": "c=32, logging on: rps >= 75% of the ceiling's", "value": value,
          "met": None if ratio is None else ratio >= 0.75},
         {"target": "c=1, logging on: p50 <= 1.3 ms", "value": None if seq is None else f"{seq['p50_ms']:.2f} ms",
          "met": None if seq is None else seq["p50_ms"] <= 1.3},
