@@ -68,18 +68,21 @@ def _load_config(path: str | None) -> dict | None:
 
 
 def _finish(deployment: dict, as_json: bool, verb: str, elapsed: float | None = None) -> None:
-    """Print a waited-for deployment; exit 1 when it FAILED."""
+    """Print a waited-for deployment; exit 1 when it FAILED, or when an update failed and the previous
+    revision keeps serving (the API then says READY with an `error`)."""
     if as_json:
         from modelrun.cli_output import echo_json
 
         echo_json(deployment)
     name, status = deployment["name"], deployment["status"]
-    if status == "FAILED":
-        click.echo(f"error: {name} FAILED: {deployment.get('error') or 'no reason given'}", err=True)
+    serving = deployment.get("serving_revision") or deployment.get("revision")
+    if status == "FAILED" or (deployment.get("error") and serving != deployment.get("revision")):
+        label = "FAILED" if status == "FAILED" else "update failed"
+        click.echo(f"error: {name} {label}: {deployment.get('error') or 'no reason given'}", err=True)
         sys.exit(1)
     if not as_json:
         took = f" in {elapsed:.1f}s" if elapsed is not None else ""
-        click.echo(f"{name} {verb}{took}: READY at {deployment.get('endpoint')} (revision {deployment.get('revision')})")
+        click.echo(f"{name} {verb}{took}: READY at {deployment.get('endpoint')} (revision {serving})")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

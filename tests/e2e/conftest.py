@@ -19,8 +19,9 @@ import pytest
 
 from tests.util import free_port, wait_until
 
-BIN = Path(sys.executable).parent
-MODELRUN = str(BIN / "modelrun")
+# The console script `make setup` installs; `python -m modelrun` is the same program otherwise.
+_SCRIPT = Path(sys.executable).parent / "modelrun"
+MODELRUN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "modelrun"]
 
 
 def serving_processes(home: Path) -> list[int]:
@@ -76,7 +77,7 @@ class Stack:
     def up(self, port: int | None = None) -> Stack:
         self.port = port or free_port()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([MODELRUN, "up", "--port", str(self.port)], env=self.env,
+            self.proc = subprocess.Popen([*MODELRUN, "up", "--port", str(self.port)], env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self._healthy, timeout=120, interval=0.2, what=f"`modelrun up` on port {self.port}")
         return self
@@ -94,7 +95,7 @@ class Stack:
 
     def cli(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-        result = subprocess.run([MODELRUN, *args], env=env or self.env, input=input, capture_output=True,
+        result = subprocess.run([*MODELRUN, *args], env=env or self.env, input=input, capture_output=True,
                                 text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"modelrun {' '.join(args)} exited {result.returncode}:\n{result.stderr}\n"

@@ -151,6 +151,14 @@ def test_update_switches_versions_without_failing_a_prediction(stack, models):
     assert np.allclose(answers[-1], v2, rtol=1e-4, atol=1e-5)
     assert all(np.allclose(a, v1, rtol=1e-4, atol=1e-5) or np.allclose(a, v2, rtol=1e-4, atol=1e-5) for a in answers)
     wait_until(lambda: len(serving_processes(stack.home)) == before + 1, timeout=60, what="the old revision's server to stop")
+
+    # An update to something that is no model fails, says so, and the current version keeps serving.
+    failed = stack.cli("update", "rollout", "--model", str(models["dense8_csv"]), "--wait", check=False)
+    assert failed.returncode != 0
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rollout update failed: ") and "keeps serving" in last, failed.stderr
+    with stack.client() as client:
+        np.testing.assert_allclose(single_output(client.predict("rollout", rows)), v2, rtol=1e-4, atol=1e-5)
     stack.cli("delete", "rollout", "--wait")
 
 
