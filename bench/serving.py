@@ -197,17 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s rows, concurrency 1 and 8, one rep")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--concurrency", default=None, help="comma list (default 1,8,32,64)")
-    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 3)")
-    parser.add_argument("--duration", type=float, default=None, help="measured seconds per row (default 3)")
-    parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per row (default 0.5)")
+    parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5)")
+    parser.add_argument("--duration", type=float, default=None, help="measured seconds per row (default 1.5)")
+    parser.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per row (default 0.4)")
     parser.add_argument("--servers", default="ceiling,off,on", help="subset of ceiling,off,on")
     parser.add_argument("--output", default=None, help="markdown file (default docs/benchmarks.md; none with --quick)")
     args = parser.parse_args(argv)
     quick = args.quick
     concurrencies = [int(c) for c in (args.concurrency or ("1,8" if quick else "1,8,32,64")).split(",")]
-    reps = args.reps or (1 if quick else 3)
-    duration = args.duration or (1.0 if quick else 3.0)
-    warmup = args.warmup if args.warmup is not None else (0.3 if quick else 0.5)
+    reps = args.reps or (1 if quick else 5)
+    duration = args.duration or (1.0 if quick else 1.5)
+    warmup = args.warmup if args.warmup is not None else (0.3 if quick else 0.4)
     output = args.output or (None if quick else str(ROOT / "docs" / "benchmarks.md"))
     keys = [k for k in LABELS if k in args.servers.split(",")]
 
