@@ -1,6 +1,6 @@
 """Take a database "down" for real: a TCP proxy in front of it, and an exclusive lock on a SQLite file.
 
-`FaultProxy` listens on a free loopback port and forwards to the database server. `refuse()` resets
+`Outage` wraps both for any test database URL. `FaultProxy` listens on a free loopback port and forwards to the database server. `refuse()` resets
 every open connection and every new one (the server looks gone); `blackhole()` accepts connections
 and swallows their bytes (the server looks hung); `restore()` forwards again.
 """
@@ -27,6 +27,17 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+def _cut(sock: socket.socket) -> None:
+    """End a connection another thread may be blocked reading. close() alone would not: the kernel
+    keeps the connection open until that read returns, so the database would never learn that its
+    client is gone (and would keep the client's transaction and locks)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked reader, which then closes (with an RST)
+    except OSError:
+        pass
+
+
 class FaultProxy:
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
@@ -34,7 +45,7 @@ class FaultProxy:
         self.port = self._listener.getsockname()[1]
         self.mode = FORWARD
         self._lock = threading.Lock()
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._pairs: list[tuple[socket.socket, ...]] = []  # (client, server), or (client,) when held
         self._closed = False
         threading.Thread(target=self._accept, name="dbfault-accept", daemon=True).start()
 
@@ -46,7 +57,8 @@ class FaultProxy:
         return proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
 
     def refuse(self) -> None:
-        self.mode = REFUSE
+        with self._lock:
+            self.mode = REFUSE
         self._drop_all()
 
     def blackhole(self) -> None:
@@ -58,15 +70,18 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closed = True
+        _cut(self._listener)  # wakes the accept thread, which a bare close() would leave blocked
         self._listener.close()
         self._drop_all()
 
     def _drop_all(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
-        for client, server in pairs:
-            _reset(client)
-            _reset(server)
+        for pair in pairs:
+            for sock in pair:
+                _cut(sock)
+            if len(pair) == 1:  # a held connection has no pump to close it
+                pair[0].close()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -77,21 +92,27 @@ class FaultProxy:
             if self.mode == REFUSE:
                 _reset(client)
                 continue
-            if self.mode == BLACKHOLE:
-                server = socket.socket()  # a placeholder: nothing is forwarded
-            else:
-                try:
-                    server = socket.create_connection(self.target, timeout=5)
-                    server.settimeout(None)
-                except OSError:
-                    _reset(client)
-                    continue
+            if self.mode == BLACKHOLE:  # hold it open, never answer
+                with self._lock:
+                    self._pairs.append((client,))
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                _reset(client)
+                continue
             with self._lock:
+                if self.mode != FORWARD:  # went down while we were connecting
+                    _reset(client)
+                    _reset(server)
+                    continue
                 self._pairs.append((client, server))
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(src, dst), name="dbfault-pump", daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        """Copy src to dst until either side ends; each socket is read (and finally closed) by one pump."""
         while True:
             try:
                 data = src.recv(65536)
@@ -105,21 +126,76 @@ class FaultProxy:
                 dst.sendall(data)
             except OSError:
                 break
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _cut(dst)  # ends the other pump too
+        _cut(src)
+        src.close()
+
+
+class SqliteLock:
+    """Hold an exclusive lock on a SQLite database file: every writer gets "database is locked"."""
+
+    def __init__(self, url: str):
+        self.path = sa.make_url(url).database
+        self._conn: sqlite3.Connection | None = None
+
+    def acquire(self) -> None:
+        self._conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        self._conn.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.execute("ROLLBACK")
+            self._conn.close()
+            self._conn = None
 
 
 @contextmanager
 def sqlite_locked(url: str):
-    """Hold an exclusive lock on a SQLite database file: every writer gets "database is locked"."""
-    path = sa.make_url(url).database
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+    lock = SqliteLock(url)
+    lock.acquire()
     try:
-        conn.execute("BEGIN EXCLUSIVE")
         yield
     finally:
-        conn.execute("ROLLBACK")
-        conn.close()
+        lock.release()
+
+
+class Outage:
+    """One way to take any test database down: `url` is what the code under test should use;
+    `down()`/`up()` (or `with outage.during():`) switch it. MariaDB/PostgreSQL go through a
+    FaultProxy (`how`: "refuse" or "blackhole"); SQLite gets an exclusive lock (the file must exist)."""
+
+    def __init__(self, url: str):
+        self.proxy: FaultProxy | None = None
+        self.url = url
+        if sa.make_url(url).get_backend_name() == "sqlite":
+            self._lock = SqliteLock(url)
+        else:
+            self.proxy, self.url = FaultProxy.for_url(url)
+
+    def down(self, how: str = REFUSE) -> None:
+        if self.proxy is None:
+            self._lock.acquire()
+        elif how == BLACKHOLE:
+            self.proxy.blackhole()
+        else:
+            self.proxy.refuse()
+
+    def up(self) -> None:
+        if self.proxy is None:
+            self._lock.release()
+        else:
+            self.proxy.restore()
+
+    @contextmanager
+    def during(self, how: str = REFUSE):
+        self.down(how)
+        try:
+            yield
+        finally:
+            self.up()
+
+    def close(self) -> None:
+        if self.proxy is None:
+            self._lock.release()
+        else:
+            self.proxy.close()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from modelrun.db import create_schema, make_engine
 from modelrun.db.predictions import count_predictions, read_predictions
 from serving.prediction_log import PredictionLogger, PredictionRecord
 from tests.conftest import fresh_database_url
-from tests.serving.dbfault import FaultProxy, sqlite_locked
+from tests.serving.dbfault import Outage
 from tests.util import wait_until
 
 DEPLOYMENT = "churn"
@@ -46,32 +45,19 @@ class Database:
     """The test's database, the URL the logger should use, and a way to take the database down."""
 
     def __init__(self, url: str):
-        self.url = url
         self.engine = make_engine(url)
-        self.proxy: FaultProxy | None = None
-        self.logger_url = url
-        if not url.startswith("sqlite"):
-            self.proxy, self.logger_url = FaultProxy.for_url(url)
+        self.outage = Outage(url)
+        self.proxy, self.logger_url = self.outage.proxy, self.outage.url
 
     def count(self, deployment: str = DEPLOYMENT) -> int:
         return count_predictions(self.engine, deployment)
 
-    @contextmanager
     def down(self, how: str = "refuse"):
         create_schema(self.engine)  # as on a system that ran before (and a SQLite lock needs a file)
-        if self.proxy is None:
-            with sqlite_locked(self.url):
-                yield
-            return
-        getattr(self.proxy, how)()
-        try:
-            yield
-        finally:
-            self.proxy.restore()
+        return self.outage.during(how)
 
     def close(self):
-        if self.proxy:
-            self.proxy.close()
+        self.outage.close()
         self.engine.dispose()
 
 

@@ -1,0 +1,193 @@
+"""The prediction log end to end: a real model server, called by tritonclient, logging to a real database.
+
+Each answered ModelInfer request must become exactly one row, with its features under the names from
+MODELRUN_FEATURE_NAMES; through a database outage under load; and through SIGTERM under load (rows
+still in the journal then are replayed by the next server on the same journal folder).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+
+from modelrun.db import create_schema, make_engine
+from modelrun.db.predictions import count_predictions, read_predictions
+from tests.serving.conftest import start_server
+from tests.serving.dbfault import Outage
+from tests.util import wait_until
+
+pytestmark = pytest.mark.slow
+
+NAME = "dense8"
+FEATURES = [f"f{i}" for i in range(8)]
+
+
+def server_env(url: str, journal) -> dict:
+    return {"MODELRUN_DATABASE_URL": url, "MODELRUN_JOURNAL_DIR": str(journal),
+            "MODELRUN_FEATURE_NAMES": ",".join(FEATURES), "MODELRUN_LOG_SAMPLE_RATE": "1.0"}
+
+
+def infer(client: triton.InferenceServerClient, x: np.ndarray, request_id: str) -> np.ndarray:
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(NAME, [tensor], request_id=request_id, client_timeout=30).as_numpy("y")
+
+
+class Load:
+    """`workers` threads sending distinct requests until stopped; records what was answered and what failed."""
+
+    def __init__(self, address: str, workers: int = 8):
+        self.address, self.answered, self.failed = address, {}, []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, args=(w,), daemon=True) for w in range(workers)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.answered)
+
+    def _work(self, worker: int) -> None:
+        client = triton.InferenceServerClient(self.address)
+        rng = np.random.default_rng(worker)
+        try:
+            while not self._stop.is_set():
+                request_id = uuid.uuid4().hex
+                x = rng.random((1, 8), dtype=np.float32)
+                try:
+                    y = infer(client, x, request_id)
+                except Exception as error:  # noqa: BLE001 - recorded and asserted on by the test
+                    with self._lock:
+                        self.failed.append(repr(error))
+                    if self._stop.is_set():
+                        return
+                    continue
+                with self._lock:
+                    self.answered[request_id] = (x, y)
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def dense8(tmp_path_factory):
+    from tests.serving import models
+
+    return models.save_dense8(tmp_path_factory.mktemp("model"))
+
+
+def rows_by_client_id(engine) -> dict[str, dict]:
+    rows = read_predictions(engine, NAME)
+    by_id = {row["client_request_id"]: row for row in rows}
+    assert len(by_id) == len(rows), "a request was logged twice"
+    return by_id
+
+
+def test_every_request_is_one_row_with_named_features(database_url, dense8, tmp_path):
+    engine = make_engine(database_url)
+    sent = {}
+    with start_server(dense8, NAME, env=server_env(database_url, tmp_path / "journal")) as server:
+        client = triton.InferenceServerClient(server.address)
+        rng = np.random.default_rng(7)
+        for i in range(150):
+            x = rng.random((1 + i % 3, 8), dtype=np.float32)  # some requests carry several rows
+            request_id = f"req-{i}"
+            sent[request_id] = (x, infer(client, x, request_id))
+        client.close()
+        wait_until(lambda: count_predictions(engine, NAME) >= 150, what="150 rows while the server runs")
+
+    rows = rows_by_client_id(engine)
+    assert set(rows) >= set(sent)
+    # The server's warm-up may log nothing else: every row is one of our requests.
+    assert count_predictions(engine, NAME) == 150
+    for request_id, (x, y) in sent.items():
+        row = rows[request_id]
+        assert row["batch_size"] == len(x) and row["revision"] == 1 and len(row["request_id"]) == 32
+        assert list(row["features"]) == FEATURES
+        for i, name in enumerate(FEATURES):
+            assert row["features"][name] == pytest.approx(x[:, i].tolist())
+        assert row["outputs"] == {"y": pytest.approx(y.reshape(-1).tolist())}
+    engine.dispose()
+
+
+@pytest.fixture
+def outage(database_url):
+    engine = make_engine(database_url)
+    create_schema(engine)  # as on a system that ran before (and a SQLite lock needs a file)
+    engine.dispose()
+    fault = Outage(database_url)
+    yield fault
+    fault.close()
+
+
+def test_database_down_under_load_fails_no_prediction_and_loses_no_row(database_url, outage, dense8, tmp_path):
+    engine = make_engine(database_url)
+    with start_server(dense8, NAME, env=server_env(outage.url, tmp_path / "journal")) as server:
+        with Load(server.address) as load:
+            wait_until(lambda: load.count() >= 100, what="load before the outage")
+            with outage.during():
+                during = load.count()
+                wait_until(lambda: load.count() >= during + 300, timeout=60, what="answers during the outage")
+                wait_until(lambda: list((tmp_path / "journal").glob("*.jsonl")), what="rows going to the journal")
+            after = load.count()
+            wait_until(lambda: load.count() >= after + 300, timeout=60, what="answers after the outage")
+        assert load.failed == [], load.failed[:3]
+        answered = set(load.answered)
+        wait_until(lambda: count_predictions(engine, NAME) == len(answered), timeout=60,
+                   what=f"{len(answered)} rows after the database returned")
+    assert set(rows_by_client_id(engine)) == answered
+    engine.dispose()
+
+
+def sigterm_under_load(server) -> set[str]:
+    """SIGTERM while eight callers keep sending; the request ids that got an answer."""
+    with Load(server.address) as load:
+        wait_until(lambda: load.count() >= 300, timeout=60, what="load before SIGTERM")
+        assert server.stop() == 0, server.log()
+    assert load.answered
+    return set(load.answered)
+
+
+def test_sigterm_under_load_keeps_every_answered_prediction(database_url, dense8, tmp_path):
+    engine = make_engine(database_url)
+    journal = tmp_path / "journal"
+    with start_server(dense8, NAME, env=server_env(database_url, journal)) as server:
+        answered = sigterm_under_load(server)
+    if list(journal.glob("*.jsonl")):  # the database was too slow for the shutdown budget: next start replays
+        with start_server(dense8, NAME, env=server_env(database_url, journal)):
+            wait_until(lambda: not list(journal.glob("*.jsonl")), timeout=60, what="the journal replayed")
+    assert answered <= set(rows_by_client_id(engine))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # one backend: two server starts
+def test_sigterm_with_the_database_down_journals_and_the_next_start_replays(database_url, outage, dense8,
+                                                                          tmp_path):
+    engine = make_engine(database_url)
+    journal = tmp_path / "journal"
+    with start_server(dense8, NAME, env=server_env(outage.url, journal)) as server:
+        wait_until(lambda: server.health() is not None, what="server up")
+        with outage.during():
+            answered = sigterm_under_load(server)
+            assert list(journal.glob("*.jsonl")), "rows the database could not take must be in the journal"
+    assert not answered <= set(rows_by_client_id(engine))
+
+    with start_server(dense8, NAME, env=server_env(outage.url, journal)):
+        wait_until(lambda: not list(journal.glob("*.jsonl")), timeout=60, what="the journal replayed")
+    assert answered <= set(rows_by_client_id(engine))
+    engine.dispose()
