@@ -1,20 +1,22 @@
 """Adaptive batching: concurrent requests become one model call, and each caller gets its own rows back.
 
-Requests queue while the model is busy; the next call takes every queued request whose tensors fit
-together (same input names, dtypes and trailing shapes), up to `max_batch_size` rows, concatenated
-along the first dimension. With `max_wait_ms` > 0 a call that is not full first waits that long for
-more. A single request larger than `max_batch_size` still runs, alone.
+The model runs on one dedicated thread. Requests queue while it is busy; its next call takes every
+queued request whose tensors fit together (same input names, dtypes and trailing shapes), up to
+`max_batch_size` rows, concatenated along the first dimension. With `max_wait_ms` > 0 a call that is
+not full first waits that long for more. A single request larger than `max_batch_size` runs alone.
 
-`predict` runs on the given executor (one thread for the model); this class is pure asyncio + numpy.
+Hand-offs are cheap on purpose: the event loop puts a request on a queue (no task, no executor future),
+and the model thread answers a whole batch with one `call_soon_threadsafe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import queue
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,14 +24,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
+_STOP = object()
 
 
 @dataclass
 class _Item:
     inputs: Tensors
     rows: int
-    key: tuple
+    key: object
     future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
 
 
 @dataclass
@@ -44,125 +48,122 @@ class BatchStats:
 
 
 class Batcher:
-    def __init__(self, predict: Callable[[Tensors], Tensors], executor: Executor | None, *,
-                 max_batch_size: int = 256, max_wait_ms: float = 0.0, enabled: bool = True):
+    def __init__(self, predict: Callable[[Tensors], Tensors], *, max_batch_size: int = 256,
+                 max_wait_ms: float = 0.0, enabled: bool = True):
         self._predict = predict
-        self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.enabled = enabled  # False: every request is its own call (a model without a free batch dim)
         self.stats = BatchStats()
-        self._pending: deque[_Item] = deque()
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._held: list[_Item] = []  # taken from the queue but not fitting the last batch (model thread only)
+        self._thread = threading.Thread(target=self._run_forever, name="model", daemon=True)
+        self._thread.start()
 
     async def predict(self, inputs: Tensors) -> Tensors:
         """Run `inputs` (every array with the same first dimension) through the model, batched with others."""
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run_forever())
+        loop = asyncio.get_running_loop()
         rows = len(next(iter(inputs.values()))) if inputs else 0
-        key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items())) if self.enabled else None
-        item = _Item(inputs, rows, key if key is not None else object(), asyncio.get_running_loop().create_future())
-        self._pending.append(item)
-        self._wakeup.set()
+        key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()) if self.enabled else object()
+        item = _Item(inputs, rows, key, loop.create_future(), loop)
+        self._queue.put(item)
         return await item.future
 
-    async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(RuntimeError("the server is shutting down"))
-        self._pending.clear()
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish the batch in progress, refuse what is still queued, stop the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
 
-    async def _run_forever(self) -> None:
+    # ---- the model thread ----
+    def _run_forever(self) -> None:
         while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            batch = self._take()
-            if self.max_wait and sum(item.rows for item in batch) < self.max_batch_size:
-                batch = await self._wait_for_more(batch)
+            item = self._held.pop(0) if self._held else self._queue.get()
+            if item is _STOP:
+                self._refuse_rest()
+                return
+            batch, stop = self._fill([item])
             try:
-                await self._run(batch)
-            except Exception:  # never let the worker die; _run already answered every caller
-                log.exception("batch worker error")
+                self._run(batch)
+            except BaseException:  # never let the thread die; _run answered every caller it could
+                log.exception("model thread error")
+            if stop:
+                self._refuse_rest()
+                return
 
-    def _take(self, batch: list[_Item] | None = None) -> list[_Item]:
-        """Move the first queued request, and every later one that fits with it, into a batch."""
-        batch = batch if batch is not None else [self._pending.popleft()]
-        rows = sum(item.rows for item in batch)
-        key = batch[0].key
-        keep: deque[_Item] = deque()
-        while self._pending:
-            item = self._pending.popleft()
-            if item.key == key and rows + item.rows <= self.max_batch_size:
-                batch.append(item)
-                rows += item.rows
-            else:
-                keep.append(item)
-        self._pending = keep
-        return batch
-
-    async def _wait_for_more(self, batch: list[_Item]) -> list[_Item]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
-        while sum(item.rows for item in batch) < self.max_batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
+    def _fill(self, batch: list[_Item]) -> tuple[list[_Item], bool]:
+        """Add every queued request that fits the first one; with max_wait, wait a little for more."""
+        if self._queue.empty():
+            # Let the event loop (waiting for the GIL) hand over requests it is already parsing, so that
+            # under load they join this call. When nothing waits, this returns at once.
+            time.sleep(0)
+        rows, key = batch[0].rows, batch[0].key
+        deadline = time.monotonic() + self.max_wait
+        held = self._held
+        self._held = []
+        for item in held:  # earlier leftovers first, in order
+            rows = self._place(item, batch, rows, key)
+        while rows < self.max_batch_size:
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+                wait = deadline - time.monotonic()
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
                 break
-            batch = self._take(batch)
-        return batch
+            if item is _STOP:
+                return batch, True
+            rows = self._place(item, batch, rows, key)
+        return batch, False
 
-    async def _run(self, batch: list[_Item]) -> None:
+    def _place(self, item: _Item, batch: list[_Item], rows: int, key) -> int:
+        if item.key == key and rows + item.rows <= self.max_batch_size:
+            batch.append(item)
+            return rows + item.rows
+        self._held.append(item)
+        return rows
+
+    def _run(self, batch: list[_Item]) -> None:
         batch = [item for item in batch if not item.future.done()]  # callers that gave up
         if not batch:
             return
         self._count(batch)
         if len(batch) == 1:
-            await self._run_one(batch[0])
+            self._answer(batch, *self._call(batch[0].inputs))
             return
         names = list(batch[0].inputs)
         joined = {name: np.concatenate([item.inputs[name] for item in batch]) for name in names}
+        outputs, error = self._call(joined)
         total = sum(item.rows for item in batch)
-        try:
-            outputs = await self._call(joined)
-            if any(len(array) != total for array in outputs.values()):
-                raise ValueError("an output does not have one row per input row")
-        except Exception:
+        if error is not None or any(len(array) != total for array in outputs.values()):
             # One bad request must not fail the others: run each alone and let it get its own answer.
             for item in batch:
-                await self._run_one(item)
+                self._answer([item], *self._call(item.inputs))
             return
-        start = 0
+        results, start = [], 0
         for item in batch:
-            end = start + item.rows
-            if not item.future.done():
-                item.future.set_result({name: array[start:end] for name, array in outputs.items()})
-            start = end
+            results.append({name: array[start:start + item.rows] for name, array in outputs.items()})
+            start += item.rows
+        batch[0].loop.call_soon_threadsafe(_deliver, batch, results, None)
 
-    async def _run_one(self, item: _Item) -> None:
+    def _call(self, inputs: Tensors) -> tuple[Tensors | None, BaseException | None]:
         try:
-            result = await self._call(item.inputs)
+            return self._predict(inputs), None
         except Exception as exc:
-            if not item.future.done():
-                item.future.set_exception(exc)
-            return
-        if not item.future.done():
-            item.future.set_result(result)
+            return None, exc
 
-    async def _call(self, inputs: Tensors) -> Tensors:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, inputs)
+    def _answer(self, batch: list[_Item], outputs, error) -> None:
+        batch[0].loop.call_soon_threadsafe(_deliver, batch, [outputs] * len(batch), error)
+
+    def _refuse_rest(self) -> None:
+        pending = self._held
+        self._held = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                pending.append(item)
+        for item in pending:
+            item.loop.call_soon_threadsafe(_deliver, [item], [None], RuntimeError("the server is shutting down"))
 
     def _count(self, batch: list[_Item]) -> None:
         stats = self.stats
@@ -171,3 +172,14 @@ class Batcher:
         stats.rows += sum(item.rows for item in batch)
         stats.largest = max(stats.largest, len(batch))
         stats.sizes[len(batch)] = stats.sizes.get(len(batch), 0) + 1
+
+
+def _deliver(batch: list[_Item], results: list, error: BaseException | None) -> None:
+    """On the event loop: hand each caller its rows (or the error)."""
+    for item, result in zip(batch, results):
+        if item.future.done():
+            continue
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -61,8 +60,7 @@ async def serve(settings: ServingSettings) -> int:
     log.info("listening on %s:%d (gRPC, cleartext HTTP/2); loading model %r from %s",
              settings.host, port, settings.model_name, settings.model_uri)
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")  # the one thread that runs the model
-    startup = asyncio.ensure_future(_start(settings, dataplane, executor, logger))
+    startup = asyncio.ensure_future(_start(settings, dataplane, logger))
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if not startup.done():
@@ -83,26 +81,24 @@ async def serve(settings: ServingSettings) -> int:
     log.info("stopping: finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(GRACE_SECONDS)
-    await dataplane.batcher.close()
+    await asyncio.to_thread(dataplane.batcher.close)
     stats = dataplane.batcher.stats
     log.info("served %d requests (%d rows) in %d model calls", stats.requests, stats.rows, stats.calls)
     if logger is not None:
         await asyncio.to_thread(logger.close, LOG_CLOSE_SECONDS)
-    executor.shutdown(wait=False)
     log.info("stopped")
     return 0
 
 
-async def _start(settings: ServingSettings, dataplane: DataPlane, executor, logger) -> None:
-    """Load and warm up the model on the model thread while the prediction log starts; then go live."""
-    loop = asyncio.get_running_loop()
+async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> None:
+    """Load and warm up the model on a thread while the prediction log starts; then go live."""
     began = time.monotonic()
     path = resolve_local(settings.model_uri)
-    loading = loop.run_in_executor(executor, _load_and_warm_up, path, settings.intra_op_threads)
+    loading = asyncio.ensure_future(asyncio.to_thread(_load_and_warm_up, path, settings.intra_op_threads))
     if logger is not None:
         await asyncio.to_thread(logger.start)
     model = await loading
-    batcher = Batcher(model.predict, executor, max_batch_size=settings.max_batch_size,
+    batcher = Batcher(model.predict, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable)
     try:
         dataplane.set_model(model, batcher)

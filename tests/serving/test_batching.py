@@ -1,13 +1,11 @@
-"""The Batcher with a recording predict function on a real single-thread executor (no model needed)."""
+"""The Batcher with a recording predict function on its real model thread (no model needed)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 
 from serving.batching import Batcher
 
@@ -40,17 +38,11 @@ def rows(i: int, n: int = 1, width: int = 3) -> dict:
     return {"x": np.full((n, width), float(i), dtype=np.float32)}
 
 
-@pytest.fixture
-def executor():
-    with ThreadPoolExecutor(1) as pool:
-        yield pool
-
-
-def test_queued_requests_run_as_one_call_and_each_gets_its_rows(executor):
+def test_queued_requests_run_as_one_call_and_each_gets_its_rows():
     model = RecordingModel()
 
     async def main():
-        batcher = Batcher(model, executor, max_batch_size=1000)
+        batcher = Batcher(model, max_batch_size=1000)
         model.gate.clear()
         first = asyncio.ensure_future(batcher.predict(rows(0)))
         await asyncio.to_thread(model.started.wait, 10)  # the model is busy with the first request
@@ -58,7 +50,7 @@ def test_queued_requests_run_as_one_call_and_each_gets_its_rows(executor):
         await asyncio.sleep(0.05)
         model.gate.set()
         results = await asyncio.gather(first, *rest)
-        await batcher.close()
+        batcher.close()
         return batcher, results
 
     batcher, results = run(main())
@@ -70,11 +62,11 @@ def test_queued_requests_run_as_one_call_and_each_gets_its_rows(executor):
     assert batcher.stats.requests == 64 and batcher.stats.calls == 2 and batcher.stats.largest == 63
 
 
-def test_max_batch_size_bounds_a_call(executor):
+def test_max_batch_size_bounds_a_call():
     model = RecordingModel()
 
     async def main():
-        batcher = Batcher(model, executor, max_batch_size=10)
+        batcher = Batcher(model, max_batch_size=10)
         model.gate.clear()
         first = asyncio.ensure_future(batcher.predict(rows(0)))
         await asyncio.to_thread(model.started.wait, 10)
@@ -83,18 +75,18 @@ def test_max_batch_size_bounds_a_call(executor):
         await asyncio.sleep(0.05)
         model.gate.set()
         await asyncio.gather(first, *rest, big)
-        await batcher.close()
+        batcher.close()
 
     run(main())
     assert model.calls[0] == 1 and sorted(model.calls[1:]) == [6, 9, 9, 25]
     assert all(rows_ <= 10 for rows_ in model.calls if rows_ != 25)
 
 
-def test_incompatible_shapes_are_not_mixed(executor):
+def test_incompatible_shapes_are_not_mixed():
     model = RecordingModel()
 
     async def main():
-        batcher = Batcher(model, executor, max_batch_size=100)
+        batcher = Batcher(model, max_batch_size=100)
         model.gate.clear()
         first = asyncio.ensure_future(batcher.predict(rows(0)))
         await asyncio.to_thread(model.started.wait, 10)
@@ -103,7 +95,7 @@ def test_incompatible_shapes_are_not_mixed(executor):
         await asyncio.sleep(0.05)
         model.gate.set()
         results = await asyncio.gather(first, *narrow, *wide)
-        await batcher.close()
+        batcher.close()
         return results
 
     results = run(main())
@@ -111,11 +103,11 @@ def test_incompatible_shapes_are_not_mixed(executor):
     assert [r["y"].shape for r in results[6:]] == [(1, 4)] * 5
 
 
-def test_one_bad_request_does_not_fail_its_batch(executor):
+def test_one_bad_request_does_not_fail_its_batch():
     model = RecordingModel(fail_on=13.0)
 
     async def main():
-        batcher = Batcher(model, executor, max_batch_size=100)
+        batcher = Batcher(model, max_batch_size=100)
         model.gate.clear()
         first = asyncio.ensure_future(batcher.predict(rows(0)))
         await asyncio.to_thread(model.started.wait, 10)
@@ -123,7 +115,7 @@ def test_one_bad_request_does_not_fail_its_batch(executor):
         await asyncio.sleep(0.05)
         model.gate.set()
         results = await asyncio.gather(first, *others, return_exceptions=True)
-        await batcher.close()
+        batcher.close()
         return results
 
     results = run(main())
@@ -132,27 +124,27 @@ def test_one_bad_request_does_not_fail_its_batch(executor):
         assert result["y"][0, 0] == i * 2 + i * 3
 
 
-def test_max_wait_gathers_requests_that_arrive_within_it(executor):
+def test_max_wait_gathers_requests_that_arrive_within_it():
     model = RecordingModel()
 
     async def main():
-        batcher = Batcher(model, executor, max_batch_size=4, max_wait_ms=2000)
+        batcher = Batcher(model, max_batch_size=4, max_wait_ms=2000)
         tasks = []
         for i in range(4):  # arrive one by one while the model is idle
             tasks.append(asyncio.ensure_future(batcher.predict(rows(i))))
             await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
-        await batcher.close()
+        batcher.close()
 
     run(main())
     assert model.calls == [4]  # the call waited until it was full
 
 
-def test_without_batching_every_request_is_its_own_call(executor):
+def test_without_batching_every_request_is_its_own_call():
     model = RecordingModel()
 
     async def main():
-        batcher = Batcher(model, executor, enabled=False)
+        batcher = Batcher(model, enabled=False)
         model.gate.clear()
         first = asyncio.ensure_future(batcher.predict(rows(0)))
         await asyncio.to_thread(model.started.wait, 10)
@@ -160,7 +152,7 @@ def test_without_batching_every_request_is_its_own_call(executor):
         await asyncio.sleep(0.05)
         model.gate.set()
         await asyncio.gather(first, *rest)
-        await batcher.close()
+        batcher.close()
 
     run(main())
     assert model.calls == [1, 1, 1, 1]
