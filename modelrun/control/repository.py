@@ -84,6 +84,9 @@ class Repository:
         try:
             return self._tx(lambda conn: self._create(conn, name, model_uri, training_data_uri, config))
         except sa.exc.IntegrityError:
+            if self._tx(lambda conn: conn.execute(sa.select(deployments.c.status).where(
+                    deployments.c.name == name)).scalar()) == m.DELETING:
+                raise Conflict(f"deployment '{name}' is being deleted; create it again once it is gone") from None
             raise Conflict(f"a deployment named '{name}' already exists; update it with PATCH "
                            f"or delete it first") from None
 

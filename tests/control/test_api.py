@@ -20,6 +20,7 @@ def error_of(response) -> tuple[int, str, str]:
 
 def test_healthz_and_openapi_need_no_token(functions):
     assert functions.api.get("/healthz").get_json() == {"status": "ok"}
+    assert functions.api.head("/healthz").status_code == 200
     document = functions.api.get("/openapi.yaml")
     assert document.status_code == 200 and document.mimetype == "application/yaml"
     assert b"/deployments/{name}" in document.data
@@ -53,6 +54,7 @@ def test_create_get_list_update_delete(functions):
     assert deleted.status_code == 202 and deleted.get_json()["status"] == "DELETING"
     assert functions.api.delete("/deployments/iris", headers=AUTH).status_code == 202  # repeat while deleting
     assert functions.api.patch("/deployments/iris", json={"config": {}}, headers=AUTH).status_code == 409
+    assert "being deleted" in error_of(functions.api.post("/deployments", json=BODY, headers=AUTH))[2]
     functions.plane.reconcile_once()
     assert error_of(functions.api.get("/deployments/iris", headers=AUTH))[:2] == (404, "not_found")
     assert functions.api.delete("/deployments/iris", headers=AUTH).status_code == 404  # gone
