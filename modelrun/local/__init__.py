@@ -41,6 +41,9 @@ def run(settings: Settings, port: int, *, as_json: bool = False) -> int:
 
     _configure_logging()
     ensure_home(settings)
+    lock = _lock_home(settings)
+    if lock is None:
+        return 1
     stack = LocalStack(settings, port)
     try:
         stack.bind()
@@ -60,6 +63,27 @@ def run(settings: Settings, port: int, *, as_json: bool = False) -> int:
         stack.stop()
     log.info("stopped")
     return 0
+
+
+def _lock_home(settings: Settings):
+    """Hold $MODELRUN_HOME/up.lock while running: two control planes on one home would fight over its
+    model servers. The kernel drops the lock when the process dies, even by SIGKILL."""
+    import fcntl
+
+    f = open(settings.home_dir / "up.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        print(f"error: another `modelrun up` (pid {owner}) is running for MODELRUN_HOME={settings.home_dir}; "
+              f"use it, stop it, or set another MODELRUN_HOME", file=sys.stderr)
+        return None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _announce(settings: Settings, url: str, as_json: bool) -> None:

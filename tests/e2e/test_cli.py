@@ -36,6 +36,13 @@ def test_user_errors_are_one_line_and_nonzero(stack_for_errors, models, tmp_path
     one_error_line(stack.cli("list", env=wrong_token, check=False))
 
 
+def test_a_second_up_on_the_same_home_refuses_in_one_line(stack_for_errors):
+    stack = stack_for_errors
+    line = one_error_line(stack.cli("up", "--port", str(free_port()), check=False, timeout=120))
+    assert f"pid {stack.proc.pid}" in line and str(stack.home) in line
+    assert stack.cli_json("list")["deployments"] is not None  # the first one is unharmed
+
+
 def test_a_deploy_that_fails_exits_nonzero_with_the_reason(stack_for_errors, models):
     stack = stack_for_errors
     result = stack.cli("deploy", "broken", "--model", str(models["dense8_csv"]), "--training-data",
