@@ -22,6 +22,11 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except errors.Unauthenticated:
+            settings = _settings()
+            click.echo(f"error: the modelrun API at {settings.api} refused the token — set MODELRUN_TOKEN, or "
+                       f"MODELRUN_HOME to the folder `modelrun up` uses (now {settings.home_dir})", err=True)
+            sys.exit(1)
         except errors.ModelrunError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(1)
