@@ -55,6 +55,8 @@ class Reconciler:
                         if rev.runtime:
                             self.runner.stop(rev.runtime)
                             self.repo.set_revision(rev, runtime=None)
+            except Exception:  # the database is gone: the pidfiles still name every server
+                log.warning("could not read the deployments while stopping; stopping by pidfile", exc_info=True)
             finally:
                 self.runner.sweep([])
 
@@ -98,8 +100,8 @@ class Reconciler:
         if not rev.runtime:
             try:
                 started = self.runner.start(rev, rev.features or [])
-            except ModelrunError as exc:
-                return self._fail(rev, exc.message)
+            except (ModelrunError, OSError) as exc:  # OSError: the staged bundle is gone
+                return self._fail(rev, _reason(exc))
             deadline = utcnow() + timedelta(seconds=self.settings.start_timeout)
             self.repo.set_revision(rev, runtime=started.runtime, endpoint=started.endpoint, deadline=deadline)
             return

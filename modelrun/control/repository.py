@@ -75,7 +75,7 @@ class Repository:
                 return work(conn)
         except sa.exc.IntegrityError:
             raise
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise Unavailable(f"the database is unavailable: {exc.orig}") from None
 
     # ---- what the API does -----------------------------------------------------------------------
