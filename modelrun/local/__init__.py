@@ -37,7 +37,7 @@ def ensure_home(settings: Settings) -> None:
 
 def run(settings: Settings, port: int, *, as_json: bool = False) -> int:
     """Run until a signal; return the exit status."""
-    from modelrun.local.stack import LocalStack, PortInUse
+    from modelrun.local.stack import LocalStack, CannotStart
 
     _configure_logging()
     ensure_home(settings)
@@ -47,7 +47,7 @@ def run(settings: Settings, port: int, *, as_json: bool = False) -> int:
     stack = LocalStack(settings, port)
     try:
         stack.bind()
-    except PortInUse as exc:
+    except CannotStart as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -89,7 +89,7 @@ def _lock_home(settings: Settings):
 def _announce(settings: Settings, url: str, as_json: bool) -> None:
     where = {"api": url, "openapi": f"{url}/openapi.yaml", "bucket": str(settings.bucket_dir),
              "token_file": str(settings.token_file), "home": str(settings.home_dir),
-             "database": settings.resolved_database_url, "pid": os.getpid()}
+             "database": settings.resolved_database_url, "logs": str(settings.logs_dir), "pid": os.getpid()}
     if as_json:
         print(json.dumps(where), flush=True)
         return
@@ -99,6 +99,7 @@ def _announce(settings: Settings, url: str, as_json: bool) -> None:
         f"  bucket    {settings.bucket_dir}   (a folder with a modelrun.json manifest deploys itself)",
         f"  token     {settings.token_file}   (the CLI reads it from MODELRUN_HOME, or set MODELRUN_TOKEN)",
         f"  database  {settings.resolved_database_url}",
+        f"  logs      {settings.logs_dir}   (one file per model server)",
     ]
     if url != settings.api.rstrip("/"):
         lines.append(f"  point the CLI here with: export MODELRUN_API={url}")

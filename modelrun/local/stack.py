@@ -14,8 +14,8 @@ log = logging.getLogger("modelrun.up")
 HOST = "127.0.0.1"
 
 
-class PortInUse(Exception):
-    pass
+class CannotStart(Exception):
+    """`up` cannot start: its port is taken, or the functions it serves are missing."""
 
 
 class LocalStack:
@@ -51,9 +51,14 @@ class LocalStack:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise PortInUse(f"port {self.port} on {HOST} is already in use (another `modelrun up`?) — "
+            raise CannotStart(f"port {self.port} on {HOST} is already in use (another `modelrun up`?) — "
                             f"pick a free one with `modelrun up --port N`") from None
-        app = create_app(target="api", source=str(repo_root() / "functions" / "main.py"))
+        source = repo_root() / "functions" / "main.py"
+        if not source.is_file():
+            sock.close()
+            raise CannotStart(f"{source} is missing: `modelrun up` runs the functions of a modelrun checkout "
+                            f"(install it with `pip install -e <checkout>`, as `make setup` does)")
+        app = create_app(target="api", source=str(source))
         with sock:
             self.server = make_server(HOST, self.port, app, threaded=True, fd=sock.fileno())
         self.port = self.server.port
