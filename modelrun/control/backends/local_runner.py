@@ -141,6 +141,7 @@ def _port(endpoint: str | None) -> int:
     if endpoint:
         try:
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is fine
                 s.bind((HOST, int(endpoint.rpartition(":")[2])))
                 return s.getsockname()[1]
         except (OSError, ValueError):
