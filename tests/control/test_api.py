@@ -197,3 +197,14 @@ def test_api_on_each_database(database_url, functions, monkeypatch):
     assert functions.api.delete("/deployments/iris", headers=AUTH).status_code == 202
     functions.plane.reconcile_once()
     assert functions.api.get("/deployments/iris", headers=AUTH).status_code == 404
+
+
+def test_the_openapi_document_lists_exactly_the_routes_served(functions):
+    import yaml
+
+    document = yaml.safe_load(functions.api.get("/openapi.yaml").data)
+    for path, item in document["paths"].items():
+        concrete = path.replace("{name}", "iris")
+        for method in ("get", "post", "patch", "delete", "put"):
+            status = getattr(functions.api, method)(concrete, json={"config": {}}, headers=AUTH).status_code
+            assert (status != 405) == (method in item), (method, path, status)
