@@ -208,3 +208,15 @@ def test_the_openapi_document_lists_exactly_the_routes_served(functions):
         for method in ("get", "post", "patch", "delete", "put"):
             status = getattr(functions.api, method)(concrete, json={"config": {}}, headers=AUTH).status_code
             assert (status != 405) == (method in item), (method, path, status)
+
+
+def test_database_down_is_503_and_the_reconciler_says_so(functions, monkeypatch):
+    from modelrun.errors import Unavailable
+    from tests.util import free_port
+
+    monkeypatch.setenv("MODELRUN_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    status, code, message = error_of(functions.api.get("/deployments", headers=AUTH))
+    assert (status, code) == (503, "unavailable") and "database is unavailable" in message
+    assert error_of(functions.api.post("/deployments", json=BODY, headers=AUTH))[0] == 503
+    with pytest.raises(Unavailable):
+        functions.plane.reconcile_once()
