@@ -50,7 +50,8 @@ async def serve(settings: ServingSettings) -> int:
     dataplane = DataPlane(settings.model_name, settings.revision, feature_names=settings.feature_names,
                           logger=logger)
     server, health_servicer = await _build_server(settings, dataplane)
-    address = f"{settings.host}:{settings.port}"
+    host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
+    address = f"{host}:{settings.port}"
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
@@ -58,7 +59,7 @@ async def serve(settings: ServingSettings) -> int:
         return 1
     await server.start()
     log.info("listening on %s:%d (gRPC, cleartext HTTP/2); loading model %r from %s",
-             settings.host, port, settings.model_name, settings.model_uri)
+             host, port, settings.model_name, settings.model_uri)
 
     startup = asyncio.ensure_future(_start(settings, dataplane, logger))
     stopped = asyncio.ensure_future(stop.wait())
@@ -75,7 +76,7 @@ async def serve(settings: ServingSettings) -> int:
     for service in ("", INFERENCE_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving model %r revision %d (%s) on %s:%d", settings.model_name, settings.revision,
-             dataplane.model.platform, settings.host, port)
+             dataplane.model.platform, host, port)
 
     await stop.wait()
     log.info("stopping: finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)

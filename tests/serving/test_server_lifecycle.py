@@ -83,6 +83,12 @@ def test_a_model_that_cannot_load_ends_the_process(tmp_path, make, message):
     assert len(errors) == 1 and message in errors[0], server.log()
 
 
+def test_feature_names_that_do_not_fit_the_model_end_the_process(model_files, tmp_path):
+    server = launch(model_files["dense8"], "dense8", env={**NO_LOG, "MODELRUN_FEATURE_NAMES": "a,b"}, home=tmp_path)
+    assert server.proc.wait(timeout=120) == 1
+    assert "MODELRUN_FEATURE_NAMES has 2 names but input 'x' has 8 columns" in server.log()
+
+
 def _write(path, data: bytes):
     path.write_bytes(data)
     return path
