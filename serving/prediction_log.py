@@ -34,6 +34,7 @@ from serving.prediction_journal import Journal, read_rows
 log = logging.getLogger("modelrun.predictions")
 
 _PROBE_FIRST, _PROBE_MAX = 0.2, 3.0  # seconds between database probes while it is down (doubling)
+_IO_TIMEOUT = 5.0  # a batch INSERT the database has not answered by then counts as a failure
 _CLOSE_RESERVE = 1.0  # of close()'s timeout, kept for journaling what the database did not take
 
 
@@ -74,11 +75,6 @@ def _rows(records) -> list[dict]:
     return rows
 
 
-def _is_bad_data(error: Exception) -> bool:
-    """The database answered and refused these rows (as opposed to being unreachable or locked)."""
-    return isinstance(error, sa.exc.IntegrityError | sa.exc.DataError)
-
-
 class PredictionLogger:
     def __init__(self, database_url: str, deployment: str, *, sample_rate: float = 1.0, journal_dir: Path,
                  queue_size: int = 10000, batch_rows: int = 500, flush_interval: float = 0.05):
@@ -94,6 +90,7 @@ class PredictionLogger:
         self._journal_dir = Path(journal_dir)
         self._journal = Journal(self._journal_dir, prefix)  # the writer thread's, for batches
         self._spill = Journal(self._journal_dir, prefix)  # log()'s and close()'s, when the queue is full
+        self._rejected = Journal(self._journal_dir, f"rejected-{deployment}-")  # rows the database refused
         self._thread: threading.Thread | None = None
         # The writer moves records from the queue to `_inflight` under `_handoff`; a close() that times
         # out takes both under the same lock and journals them itself.
@@ -104,6 +101,7 @@ class PredictionLogger:
         self._next_probe, self._backoff = 0.0, _PROBE_FIRST
         self._replay_needed = True
         self._replayed = {"files": 0, "rows": 0, "new": 0, "bad": 0}
+        self._quiet_until = 0.0
         self.counts = {"written": 0, "journaled": 0, "spilled": 0, "rejected": 0}
 
     # ---- the request path --------------------------------------------------------------------------
@@ -123,7 +121,14 @@ class PredictionLogger:
                 if self._closed:
                     self._spill.rotate()  # unlocked, so the next process replays it even while this one lives
         except Exception:
-            log.exception("prediction log: could not keep a record (request %s)", getattr(record, "request_id", "?"))
+            self._complain(f"prediction log: lost the record of request {getattr(record, 'request_id', '?')}")
+
+    def _complain(self, message: str) -> None:
+        """log.exception, at most once a minute (a full disk must not flood the log)."""
+        now = time.monotonic()
+        if now >= self._quiet_until:
+            self._quiet_until = now + 60.0
+            log.exception(message)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -131,7 +136,7 @@ class PredictionLogger:
         """Create the table if missing (when the database answers) and start the writer thread, which
         first replays journals left by earlier runs."""
         self._journal_dir.mkdir(parents=True, exist_ok=True)
-        self._engine = make_engine(self._url, connect_timeout=2.0)
+        self._engine = make_engine(self._url, connect_timeout=2.0, io_timeout=_IO_TIMEOUT)
         try:
             create_schema(self._engine)
         except Exception as error:
@@ -178,8 +183,8 @@ class PredictionLogger:
                     return
                 self._maintain()
             except Exception:
-                log.exception("prediction log: writer error")
-                time.sleep(self._flush_interval)
+                self._complain("prediction log: writer error; rows stay queued and are retried")
+                time.sleep(max(self._flush_interval, 0.5))
 
     def _drain(self) -> bool:
         """Write out the queue batch by batch. False when close() has taken over."""
@@ -192,7 +197,14 @@ class PredictionLogger:
                 batch = self._inflight
             if not batch:
                 return True
-            self._write(_rows(batch))
+            try:
+                self._write(_rows(batch))
+            except Exception:  # neither database nor journal took them (disk full?): keep them, retry later
+                with self._handoff:
+                    if not self._abandoned:
+                        self._queue.extendleft(reversed(self._inflight))
+                    self._inflight = []
+                raise
             with self._handoff:
                 self._inflight = []
 
@@ -202,9 +214,6 @@ class PredictionLogger:
                 self.counts["written"] += self._insert(rows)
                 return
             except Exception as error:
-                if _is_bad_data(error):
-                    self._insert_one_by_one(rows)
-                    return
                 self._went_down(error)
         if self._abandoned:
             return  # close() gave up on us and journaled this batch itself
@@ -212,20 +221,33 @@ class PredictionLogger:
         self.counts["journaled"] += len(rows)
 
     def _insert(self, rows: list[dict]) -> int:
-        with self._engine.begin() as conn:
-            return insert_ignoring_duplicates(conn, rows)
+        """Insert a batch; raises only when the database is unreachable. When it answers but refuses the
+        batch, each half is tried on its own, down to the single rows it refuses, which are set aside
+        (a poison row must not turn into an endless outage)."""
+        try:
+            with self._engine.begin() as conn:
+                return insert_ignoring_duplicates(conn, rows)
+        except Exception as error:
+            if not self._reachable():
+                raise
+            if len(rows) > 1:
+                half = len(rows) // 2
+                return self._insert(rows[:half]) + self._insert(rows[half:])
+            self._rejected.append(rows, sync=True)
+            self._rejected.rotate()
+            self.counts["rejected"] += 1
+            log.error("prediction log: the database refused the row of request %s (kept in %s): %s",
+                      rows[0]["request_id"], self._journal_dir, str(error).splitlines()[0])
+            return 0
 
-    def _insert_one_by_one(self, rows: list[dict]) -> None:
-        """Some row of a batch was refused: write the others, report and drop the refused ones."""
-        for row in rows:
-            try:
-                self.counts["written"] += self._insert([row])
-            except Exception as error:
-                if not _is_bad_data(error):
-                    raise
-                self.counts["rejected"] += 1
-                log.error("prediction log: the database refused the row of request %s: %s", row["request_id"],
-                          str(error).splitlines()[0])
+    def _reachable(self) -> bool:
+        """Can we write to the table right now? (A write, so a locked SQLite file does not count.)"""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.delete(predictions).where(sa.false()))
+            return True
+        except Exception:
+            return False
 
     def _went_down(self, error: Exception) -> None:
         if self._down_since is None:
@@ -254,9 +276,10 @@ class PredictionLogger:
     def _probe(self) -> None:
         try:
             create_schema(self._engine)
-            with self._engine.begin() as conn:  # a write, so a locked SQLite file does not count as up
-                conn.execute(sa.delete(predictions).where(sa.false()))
+            reachable = self._reachable()
         except Exception:
+            reachable = False
+        if not reachable:
             self._backoff = min(self._backoff * 2, _PROBE_MAX)
             self._next_probe = time.monotonic() + self._backoff
             return

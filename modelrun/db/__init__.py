@@ -6,6 +6,7 @@ The tables live in their own modules (`predictions`, and the control plane's) an
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,8 +25,12 @@ def normalize_url(url: str) -> sa.URL:
     return parsed
 
 
-def make_engine(url: str, *, connect_timeout: float = 3.0) -> sa.Engine:
-    """A pooled engine with short timeouts, so a database that is down fails fast instead of hanging."""
+def make_engine(url: str, *, connect_timeout: float = 3.0, io_timeout: float = 30.0) -> sa.Engine:
+    """A pooled engine with short timeouts, so a database that is down fails fast instead of hanging.
+
+    `connect_timeout` bounds connecting (and, on SQLite, waiting for another writer's lock);
+    `io_timeout` bounds waiting for the server's answer to one statement on MySQL and PostgreSQL.
+    """
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     kwargs: dict = {"pool_pre_ping": True}
@@ -34,8 +39,8 @@ def make_engine(url: str, *, connect_timeout: float = 3.0) -> sa.Engine:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": connect_timeout}
     elif backend == "mysql":
-        seconds = max(1, int(connect_timeout))
-        kwargs["connect_args"] = {"connect_timeout": seconds, "read_timeout": 30, "write_timeout": 30}
+        seconds, io_seconds = max(1, int(connect_timeout)), max(1, math.ceil(io_timeout))
+        kwargs["connect_args"] = {"connect_timeout": seconds, "read_timeout": io_seconds, "write_timeout": io_seconds}
         kwargs["pool_recycle"] = 1800
     elif backend == "postgresql":
         kwargs["connect_args"] = {"timeout": max(1, int(connect_timeout))}
@@ -44,7 +49,17 @@ def make_engine(url: str, *, connect_timeout: float = 3.0) -> sa.Engine:
     if backend == "sqlite":
         busy_ms = max(1, int(connect_timeout * 1000))
         sa.event.listen(engine, "connect", lambda dbapi_connection, _record: _sqlite_pragmas(dbapi_connection, busy_ms))
+    elif backend == "postgresql":
+        sa.event.listen(engine, "connect", lambda dbapi_connection, _record: _pg_io_timeout(dbapi_connection, io_timeout))
     return engine
+
+
+def _pg_io_timeout(dbapi_connection, seconds: float) -> None:
+    # pg8000 keeps its connect `timeout` on the socket for every later read, which would fail any
+    # statement slower than connect_timeout; give statements io_timeout instead.
+    sock = getattr(dbapi_connection, "_usock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
 
 
 def _sqlite_pragmas(dbapi_connection, busy_ms: int) -> None:

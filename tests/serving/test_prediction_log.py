@@ -86,7 +86,7 @@ def open_logger(db, tmp_path):
 
 
 def journal_rows(journal_dir: Path) -> int:
-    return sum(len(path.read_bytes().splitlines()) for path in journal_dir.glob("*.jsonl"))
+    return sum(len(path.read_bytes().splitlines()) for path in journal_dir.glob("predictions-*.jsonl"))
 
 
 def test_every_record_becomes_one_row_with_its_values(db, open_logger):
@@ -121,6 +121,23 @@ def test_a_batch_of_rows_in_one_request_keeps_its_columns(db, open_logger):
     assert row["batch_size"] == 3 and row["client_request_id"] == ""
     assert row["features"] == {"x": [1.0, 3.0, 5.0], "word": ["a", "bé", "c"], "raw": ["\\xff\\xfe", "ok", ""]}
     assert row["outputs"] == {"p": [[0.1, 0.9], [0.5, 0.5], [1.0, None]]}
+
+
+def test_a_row_the_database_refuses_is_set_aside_and_holds_up_nothing(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"
+    poison = record(999)
+    poison.revision = 2**40  # out of INTEGER range: MariaDB and PostgreSQL refuse it, SQLite stores it
+    good = [record(i) for i in range(100)]
+    logger = open_logger(journal)
+    for r in good[:50] + [poison] + good[50:]:
+        logger.log(r)
+    wait_until(lambda: db.count() >= 100, what="the good rows")
+    logger.close()
+    stored = {row["request_id"] for row in read_predictions(db.engine, DEPLOYMENT)}
+    assert {r.request_id for r in good} <= stored
+    set_aside = [line for path in journal.glob("rejected-*.jsonl") for line in path.read_bytes().splitlines()]
+    assert len(stored) + len(set_aside) == 101  # the refused row is kept for a person, not replayed forever
+    assert not list(journal.glob("predictions-*.jsonl"))
 
 
 def test_database_down_under_load_loses_nothing(db, open_logger, tmp_path):
