@@ -131,9 +131,11 @@ class LocalRunner:
         code = child.poll() if child is not None else None
         if code is None and (child is not None or self._owned(runtime)):
             return None
-        last = _last_line(Path(runtime.get("log", "")))
+        log_path = Path(runtime.get("log", ""))
+        last = _last_line(log_path)
         status = f"exited with code {code}" if code is not None else "is no longer running"
-        return f"the model server {status}: {last}" if last else f"the model server {status}"
+        reason = f"the model server {status}: {last}" if last else f"the model server {status}"
+        return f"{reason} (log: {log_path})"
 
 
 def _port(endpoint: str | None) -> int:
