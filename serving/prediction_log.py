@@ -86,11 +86,11 @@ class PredictionLogger:
         self._queue: deque[PredictionRecord] = deque()
         self._wake = threading.Event()
         self._engine: sa.Engine | None = None
-        prefix = f"predictions-{deployment}-"
+        prefix = f"predictions-{deployment}."  # "." is in no deployment name: "a." never matches "a-b."
         self._journal_dir = Path(journal_dir)
         self._journal = Journal(self._journal_dir, prefix)  # the writer thread's, for batches
         self._spill = Journal(self._journal_dir, prefix)  # log()'s and close()'s, when the queue is full
-        self._rejected = Journal(self._journal_dir, f"rejected-{deployment}-")  # rows the database refused
+        self._rejected = Journal(self._journal_dir, f"rejected-{deployment}.")  # rows the database refused
         self._thread: threading.Thread | None = None
         # The writer moves records from the queue to `_inflight` under `_handoff`; a close() that times
         # out takes both under the same lock and journals them itself.

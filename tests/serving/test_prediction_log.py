@@ -73,9 +73,9 @@ def open_logger(db, tmp_path):
     """Start loggers on the test database (through the proxy); all are closed at the end."""
     loggers = []
 
-    def start(journal_dir: Path = tmp_path / "journal", **options) -> PredictionLogger:
+    def start(journal_dir: Path = tmp_path / "journal", deployment: str = DEPLOYMENT, **options) -> PredictionLogger:
         options.setdefault("flush_interval", 0.02)
-        logger = PredictionLogger(db.logger_url, DEPLOYMENT, journal_dir=journal_dir, **options)
+        logger = PredictionLogger(db.logger_url, deployment, journal_dir=journal_dir, **options)
         logger.start()
         loggers.append(logger)
         return logger
@@ -316,6 +316,23 @@ def test_a_journal_another_live_process_is_writing_is_left_alone(db, open_logger
         open_logger(journal).close()  # another process starting: the live file is not its to replay
         assert journal_rows(journal) == 50
     wait_until(lambda: db.count() == 50, what="the writer's own replay")
+
+
+def test_each_deployment_replays_only_its_own_journal(db, open_logger, tmp_path):
+    journal = tmp_path / "journal"  # shared by two deployments, one name a prefix of the other
+    with db.down():
+        other = open_logger(journal, deployment=f"{DEPLOYMENT}-v2")
+        for i in range(20):
+            other.log(record(i, deployment=f"{DEPLOYMENT}-v2"))
+        other.close()
+    mine = open_logger(journal)
+    for i in (1, 2):  # the second row is written after the writer's first replay pass finished
+        mine.log(record(i))
+        wait_until(lambda i=i: db.count() == i, what=f"row {i}")
+    mine.close()
+    assert journal_rows(journal) == 20 and db.count(f"{DEPLOYMENT}-v2") == 0
+    open_logger(journal, deployment=f"{DEPLOYMENT}-v2")
+    wait_until(lambda: db.count(f"{DEPLOYMENT}-v2") == 20, what="its own journal replayed")
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.5])
