@@ -79,6 +79,10 @@ def table_lines(doc: dict) -> list[str]:
     if log := doc["prediction_log"]:
         lines.append(f"- prediction log: {log['answered']} requests answered, {log['rows_while_running']} rows while "
                      f"running, {log['rows_after_stop']} after SIGTERM — **{'match' if log['match'] else 'MISMATCH'}**")
+    if batching := doc.get("batching"):
+        lines.append("- adaptive batching over the whole run (from the server's log at stop): " + "; ".join(
+            f"logging {key}: {b['requests']} requests in {b['calls']} model calls ({b['per_call']:.2f} per call)"
+            for key, b in batching.items()))
     return lines
 
 

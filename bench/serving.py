@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -164,6 +165,15 @@ def count_rows(url: str) -> int:
         engine.dispose()
 
 
+def batch_stats(server: Server) -> dict | None:
+    """Requests per model call over the whole run, from the line the server logs when it stops (if any)."""
+    found = re.search(r"served (\d+) requests \((\d+) rows\) in (\d+) model calls", tail(server, 200))
+    if not found:
+        return None
+    requests, calls = int(found[1]), int(found[3])
+    return {"requests": requests, "calls": calls, "per_call": requests / max(calls, 1)}
+
+
 def check_log(server: Server, settle: float = 20.0) -> dict:
     """Wait for the log to catch up with what was answered (until equal, or no progress for `settle` s)."""
     seen, last_change = -1, time.monotonic()
@@ -230,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         if log_check:
             log_check["rows_after_stop"] = count_rows(logged.database_url)
             log_check["match"] = log_check["rows_after_stop"] == log_check["answered"]
+        batching = {s.key: stats for s in servers if (stats := batch_stats(s))}
 
     rows = report.summarize(results, LABELS)
     doc = {"environment": report.environment(ROOT), "quick": quick, "reps": reps, "duration_s": duration,
            "warmup_s": warmup, "rows": rows, "targets": report.targets(rows), "prediction_log": log_check,
-           "runs": results}
+           "batching": batching, "runs": results}
     say("\n".join(report.table_lines(doc)))
     if output:
         Path(output).write_text(report.markdown(doc))
