@@ -13,8 +13,6 @@ interrupted or repeated never makes a second row. A full queue spills records to
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 from collections import deque
@@ -27,8 +25,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
-from modelrun.db.predictions import (batch_size_of, encode_columns, insert_ignoring_duplicates, predictions,
-                                     utc_naive)
+from modelrun.db.predictions import insert_ignoring_duplicates, predictions, row_of
 from serving.prediction_journal import Journal, read_rows
 
 log = logging.getLogger("modelrun.predictions")
@@ -50,25 +47,11 @@ class PredictionRecord:
     latency_ms: float
 
 
-def _text(value, limit: int) -> str:
-    return str(value).replace("\x00", "")[:limit]  # PostgreSQL text cannot hold NUL
-
-
-def record_to_row(r: PredictionRecord) -> dict:
-    """A record as a `predictions` row (without id). Strings are cut to their column's size."""
-    latency = float(r.latency_ms)
-    return {"deployment": _text(r.deployment, 63), "revision": int(r.revision),
-            "request_id": _text(r.request_id, 64), "client_request_id": _text(r.client_request_id or "", 256),
-            "ts": utc_naive(r.ts), "batch_size": batch_size_of(r.features),
-            "features": encode_columns(r.features), "outputs": encode_columns(r.outputs),
-            "latency_ms": latency if math.isfinite(latency) else -1.0}
-
-
 def _rows(records) -> list[dict]:
     rows = []
     for record in records:
         try:
-            rows.append(record_to_row(record))
+            rows.append(row_of(record))
         except Exception:  # one unencodable record must not sink its batch
             log.exception("prediction log: dropping a record that cannot be encoded (request %s)",
                           getattr(record, "request_id", "?"))

@@ -7,6 +7,7 @@ server's numpy arrays into that text; `read_predictions` turns it back into dict
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
@@ -93,6 +94,20 @@ def batch_size_of(columns: dict[str, np.ndarray]) -> int:
 
 def utc_naive(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def _text(value, limit: int) -> str:
+    return str(value).replace("\x00", "")[:limit]  # PostgreSQL text cannot hold NUL
+
+
+def row_of(r) -> dict:
+    """A `serving.prediction_log.PredictionRecord` as a row (without id). Strings are cut to fit their column."""
+    latency = float(r.latency_ms)
+    return {"deployment": _text(r.deployment, 63), "revision": int(r.revision),
+            "request_id": _text(r.request_id, 64), "client_request_id": _text(r.client_request_id or "", 256),
+            "ts": utc_naive(r.ts), "batch_size": batch_size_of(r.features),
+            "features": encode_columns(r.features), "outputs": encode_columns(r.outputs),
+            "latency_ms": latency if math.isfinite(latency) else -1.0}
 
 
 # ---- writing --------------------------------------------------------------------------------------
