@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from modelrun.errors import ModelrunError
+from modelrun.errors import ModelrunError, Unprocessable
 from modelrun.proto import inference_pb2 as pb
 from modelrun.proto import inference_pb2_grpc as pb_grpc
 from modelrun.uris import resolve_local
@@ -79,6 +79,11 @@ async def serve(settings: ServingSettings) -> int:
              dataplane.model.platform, host, port)
 
     await stop.wait()
+    await _shutdown(server, health_servicer, dataplane, logger)
+    return 0
+
+
+async def _shutdown(server, health_servicer, dataplane: DataPlane, logger) -> None:
     log.info("stopping: finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(GRACE_SECONDS)
@@ -88,7 +93,6 @@ async def serve(settings: ServingSettings) -> int:
     if logger is not None:
         await asyncio.to_thread(logger.close, LOG_CLOSE_SECONDS)
     log.info("stopped")
-    return 0
 
 
 async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> None:
@@ -112,7 +116,11 @@ def _load_and_warm_up(path, intra_op_threads: int):
     from serving.model import load_model  # the module that imports TensorFlow, lazily
 
     model = load_model(path, intra_op_threads=intra_op_threads)
-    model.warm_up()
+    try:
+        model.warm_up()
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, ModelrunError) else f"{type(exc).__name__}: {exc}"
+        raise Unprocessable(f"{path}: the warm-up inference on one row of zeros failed: {reason}") from exc
     return model
 
 
