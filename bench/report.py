@@ -60,7 +60,7 @@ def git_revision(root: Path) -> str:
 
 def environment(root: Path) -> dict:
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_revision(root),
-            "nproc": len(os.sched_getaffinity(0)),
+            "nproc": len(os.sched_getaffinity(0)), "loadavg_1m": round(os.getloadavg()[0], 1),
             "machine": platform.machine(), "python": platform.python_version(),
             "tensorflow": version("tensorflow-cpu"), "grpcio": version("grpcio"), "protobuf": version("protobuf")}
 
@@ -98,7 +98,8 @@ def markdown(doc: dict) -> str:
         "median of each repetition's rps over the ceiling's in the same repetition. The machine is shared, so",
         "absolute numbers are noisy; the ratio to the ceiling is what counts. *Server CPU* is the server process's",
         "CPU time (all threads) per answered request, which other load disturbs much less than rps.", "",
-        f"{env['date']} · commit {env['commit']} · nproc {env['nproc']} ({env['machine']}) · Python {env['python']} · TensorFlow "
+        f"{env['date']} · commit {env['commit']} · nproc {env['nproc']} ({env['machine']}), load average "
+        f"{env['loadavg_1m']} at the end (the benchmark's own ~2 included) · Python {env['python']} · TensorFlow "
         f"{env['tensorflow']} · grpcio {env['grpcio']} · protobuf {env['protobuf']}", "",
         *table_lines(doc), "",
     ])
