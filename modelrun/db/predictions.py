@@ -37,6 +37,7 @@ predictions = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.UniqueConstraint("deployment", "request_id", name="uq_predictions_deployment_request"),
     sa.Index("ix_predictions_deployment_ts", "deployment", "ts"),
+    mysql_charset="utf8mb4",  # any text a client sends (a server default of utf8mb3 refuses emoji)
 )
 
 COLUMNS = ("deployment", "revision", "request_id", "client_request_id", "ts", "batch_size", "features",

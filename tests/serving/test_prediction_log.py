@@ -111,7 +111,7 @@ def test_every_record_becomes_one_row_with_its_values(db, open_logger):
 def test_a_batch_of_rows_in_one_request_keeps_its_columns(db, open_logger):
     many = PredictionRecord(DEPLOYMENT, 1, uuid.uuid4().hex, "", datetime.now(UTC),
                             features={"x": np.arange(6, dtype=np.float64).reshape(3, 2)[:, 1],  # not contiguous
-                                      "word": np.array(["a", "bé", "c"]), "raw": np.array([b"\xff\xfe", b"ok", b""],
+                                      "word": np.array(["a", "bé", "c😀"]), "raw": np.array([b"\xff\xfe", b"ok", b""],
                                                                                           dtype=object)},
                             outputs={"p": np.array([[0.1, 0.9], [0.5, 0.5], [1.0, float("nan")]])}, latency_ms=2.0)
     logger = open_logger()
@@ -119,7 +119,7 @@ def test_a_batch_of_rows_in_one_request_keeps_its_columns(db, open_logger):
     wait_until(lambda: db.count() == 1, what="the row")
     (row,) = read_predictions(db.engine, DEPLOYMENT)
     assert row["batch_size"] == 3 and row["client_request_id"] == ""
-    assert row["features"] == {"x": [1.0, 3.0, 5.0], "word": ["a", "bé", "c"], "raw": ["\\xff\\xfe", "ok", ""]}
+    assert row["features"] == {"x": [1.0, 3.0, 5.0], "word": ["a", "bé", "c😀"], "raw": ["\\xff\\xfe", "ok", ""]}
     assert row["outputs"] == {"p": [[0.1, 0.9], [0.5, 0.5], [1.0, None]]}
 
 
