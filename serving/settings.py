@@ -70,6 +70,8 @@ class ServingSettings(BaseSettings):
     @classmethod
     def _split_names(cls, value):
         if isinstance(value, str):
+            if not value.strip():
+                return None  # set but empty: same as unset
             names = [name.strip() for name in value.split(",")]
             if any(not name for name in names):
                 raise ValueError("empty name in the comma-separated list")

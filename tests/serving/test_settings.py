@@ -58,6 +58,11 @@ def test_everything_from_the_environment(clean_env, tmp_path):
     assert ServingSettings(journal_dir=None).resolved_journal_dir == tmp_path / "home" / "journal" / "houses"
 
 
+def test_empty_feature_names_mean_unset(clean_env):
+    clean_env.setenv("MODELRUN_FEATURE_NAMES", "")
+    assert ServingSettings(model_uri="m", model_name="m").feature_names is None
+
+
 def test_flags_override_the_environment(clean_env):
     clean_env.setenv("MODELRUN_MODEL_URI", "env.keras")
     clean_env.setenv("MODELRUN_MODEL_NAME", "env-name")
