@@ -81,6 +81,7 @@ class PredictionLogger:
         self._inflight: list[PredictionRecord] = []
         self._abandoned = self._stopping = self._closed = False
         self._down_since: float | None = None
+        self._kept_before = 0
         self._next_probe, self._backoff = 0.0, _PROBE_FIRST
         self._replay_needed = True
         self._replayed = {"files": 0, "rows": 0, "new": 0, "bad": 0}
@@ -146,6 +147,8 @@ class PredictionLogger:
             log.warning("prediction log: database did not take %d rows within %.1fs of shutdown; kept them in "
                         "the journal %s", len(leftovers), timeout, self._journal_dir)
         self._spill.close()
+        log.info("prediction log closed: %(written)d rows written, %(journaled)d journaled, %(spilled)d spilled "
+                 "from a full queue, %(rejected)d refused", self.counts)
         if thread is None or not thread.is_alive():  # a stuck writer still owns its journal
             self._journal.close()
             if self._engine is not None:
@@ -238,6 +241,7 @@ class PredictionLogger:
                         "returns", str(error).splitlines()[0] if str(error) else type(error).__name__,
                         self._journal_dir)
             self._down_since = time.monotonic()
+            self._kept_before = self.counts["journaled"] + self.counts["spilled"]
         self._backoff = _PROBE_FIRST
         self._next_probe = time.monotonic() + self._backoff
         if self._engine is not None:
@@ -266,8 +270,9 @@ class PredictionLogger:
             self._backoff = min(self._backoff * 2, _PROBE_MAX)
             self._next_probe = time.monotonic() + self._backoff
             return
-        log.warning("prediction log: database is back after %.1fs; replaying the journal",
-                    time.monotonic() - self._down_since)
+        kept = self.counts["journaled"] + self.counts["spilled"] - self._kept_before
+        log.warning("prediction log: database is back after %.1fs (%d rows journaled meanwhile); replaying the "
+                    "journal", time.monotonic() - self._down_since, kept)
         self._down_since = None
         self._journal.rotate()
         self._replay_needed = True
