@@ -31,6 +31,10 @@ class DataPlane:
         self.revision = revision
         self.feature_names = feature_names
         self.logger = logger  # a PredictionLogger, or None when prediction logging is off
+        if logger is not None:
+            from serving.prediction_log import PredictionRecord
+
+            self._record = PredictionRecord
         self.model: Model | None = None
         self.batcher: Batcher | None = None
         self._inputs: dict[str, TensorSpec] = {}
@@ -142,14 +146,12 @@ class DataPlane:
         return rows or 1
 
     def _log(self, request, rows, inputs, outputs, arrived, started) -> None:
-        from serving.prediction_log import PredictionRecord
-
         if self._columns is not None:
             (array,) = inputs.values()
             features = {column: array[:, i] for i, column in enumerate(self._columns)}
         else:
             features = {name: _column(array) for name, array in inputs.items()}
-        self.logger.log(PredictionRecord(
+        self.logger.log(self._record(
             deployment=self.name, revision=self.revision, request_id=uuid.uuid4().hex,
             client_request_id=request.id, ts=arrived,
             features=features, outputs={name: _column(array) for name, array in outputs.items()},
