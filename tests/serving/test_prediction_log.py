@@ -20,7 +20,8 @@ import pytest
 import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
-from modelrun.db.predictions import count_predictions, read_predictions
+from modelrun.db.predictions import count_predictions, read_predictions, row_of
+from serving.prediction_journal import Journal
 from serving.prediction_log import PredictionLogger, PredictionRecord
 from tests.conftest import fresh_database_url
 from tests.serving.dbfault import Outage
@@ -178,7 +179,7 @@ def test_replaying_the_same_journal_twice_makes_no_second_row(db, open_logger, t
 
     open_logger(journal)
     wait_until(lambda: not list(journal.glob("*.jsonl")), what="both journal copies replayed")
-    assert db.count() == 250
+    assert db.count() == 250  # and no row was refused as a duplicate: none set aside (rejected-*.jsonl)
 
 
 def test_a_crash_after_insert_before_journal_delete_makes_no_second_row(db, open_logger, tmp_path):
@@ -199,6 +200,7 @@ def test_a_crash_after_insert_before_journal_delete_makes_no_second_row(db, open
     open_logger(journal)
     wait_until(lambda: not kept.exists(), what="the journal replayed again")
     assert db.count() == 100
+    assert not list(journal.glob("rejected-*.jsonl")), "a replayed row was refused instead of skipped"
 
 
 CRASHING_PROCESS = """
@@ -206,6 +208,7 @@ import os, sys, uuid
 from datetime import datetime, UTC
 from pathlib import Path
 import numpy as np
+from serving.prediction_journal import Journal
 from serving.prediction_log import PredictionLogger, PredictionRecord
 from tests.util import wait_until
 url, journal, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
@@ -308,14 +311,18 @@ def test_records_logged_after_close_are_kept_in_the_journal(db, open_logger, tmp
 
 def test_a_journal_another_live_process_is_writing_is_left_alone(db, open_logger, tmp_path):
     journal = tmp_path / "journal"
-    with db.down():
-        writer = open_logger(journal)
-        for i in range(50):
-            writer.log(record(i))
-        wait_until(lambda: journal_rows(journal) == 50, what="rows journaled")
-        open_logger(journal).close()  # another process starting: the live file is not its to replay
-        assert journal_rows(journal) == 50
-    wait_until(lambda: db.count() == 50, what="the writer's own replay")
+    live = Journal(journal, f"predictions-{DEPLOYMENT}.")  # what another server's writer holds open
+    live.append([row_of(record(i)) for i in range(50)], sync=True)
+    logger = open_logger(journal)
+    for i in (1, 2):  # the second row is written after the writer's first replay pass finished
+        logger.log(record(1000 + i))
+        wait_until(lambda i=i: db.count() == i, what=f"row {i}")
+    logger.close()
+    assert journal_rows(journal) == 50 and db.count() == 2
+
+    live.close()  # that process ends: its file is anyone's to replay
+    open_logger(journal)
+    wait_until(lambda: db.count() == 52, what="the released journal replayed")
 
 
 def test_each_deployment_replays_only_its_own_journal(db, open_logger, tmp_path):
