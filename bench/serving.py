@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -48,7 +48,6 @@ class Server:
     model: str
     database_url: str | None = None
     answered: int = 0  # requests the load generators got an OK answer for (warm-up included)
-    runs: list = field(default_factory=list)
 
     @property
     def target(self) -> str:
@@ -148,7 +147,6 @@ def load(server: Server, concurrency: int, warmup: float, duration: float, seed:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["server_cpu_us"] = (cpu_seconds(server.proc.pid) - cpu_before) * 1e6 / max(result["ok_total"], 1)
     server.answered += result["ok_total"]
-    server.runs.append(result)
     return result
 
 
@@ -221,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or (None if quick else str(ROOT / "docs" / "benchmarks.md"))
     keys = [k for k in LABELS if k in args.servers.split(",")]
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a TERM stops the servers too (finally below)
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="modelrun-bench-") as tmp:
         workdir = Path(tmp)
         try:
             model_path = build_model(workdir / "dense8.keras") if keys != ["ceiling"] else None
-            servers = [start(key, workdir, model_path) for key in keys]
+            for key in keys:
+                servers.append(start(key, workdir, model_path))
             for server in servers:
                 wait_serving(server)
             say(f"servers up; {reps} rep(s) x concurrency {concurrencies} x {len(servers)} server(s), "
