@@ -174,8 +174,8 @@ def test_replaying_the_same_journal_twice_makes_no_second_row(db, open_logger, t
         for i in range(250):
             logger.log(record(i))
         logger.close()
-    (original,) = journal.glob("*.jsonl")
-    shutil.copy(original, journal / original.name.replace(".jsonl", "-copy.jsonl"))
+    for original in list(journal.glob("*.jsonl")):
+        shutil.copy(original, journal / original.name.replace(".jsonl", "-copy.jsonl"))
 
     open_logger(journal)
     wait_until(lambda: not list(journal.glob("*.jsonl")), what="both journal copies replayed")
@@ -190,15 +190,15 @@ def test_a_crash_after_insert_before_journal_delete_makes_no_second_row(db, open
         for r in records:
             logger.log(r)
         logger.close()
-    (kept,) = journal.glob("*.jsonl")
-    saved = kept.read_bytes()
-    logger = open_logger(journal)  # replays, then deletes the file ...
-    wait_until(lambda: not kept.exists(), what="the journal replayed")
-    kept.write_bytes(saved)  # ... which a crash would have left behind
+    saved = {path: path.read_bytes() for path in journal.glob("*.jsonl")}
+    logger = open_logger(journal)  # replays, then deletes the files ...
+    wait_until(lambda: not list(journal.glob("*.jsonl")), what="the journal replayed")
+    for path, content in saved.items():
+        path.write_bytes(content)  # ... which a crash would have left behind
     logger.close()
 
     open_logger(journal)
-    wait_until(lambda: not kept.exists(), what="the journal replayed again")
+    wait_until(lambda: not list(journal.glob("*.jsonl")), what="the journal replayed again")
     assert db.count() == 100
     assert not list(journal.glob("rejected-*.jsonl")), "a replayed row was refused instead of skipped"
 
