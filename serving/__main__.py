@@ -25,12 +25,18 @@ ALIASES = {"PORT": "port", "MODELRUN_PORT": "port"}  # what pydantic reports for
 
 
 def parse_args(argv: list[str] | None) -> dict:
+    env_only = [f"  {_env_name(name)}: {' '.join((field.description or '').split())}"
+                for name, field in ServingSettings.model_fields.items()
+                if name not in FLAGS.values()]
     parser = argparse.ArgumentParser(prog="python -m serving", description="Serve one TensorFlow/Keras model "
                                      "over the Open Inference Protocol (gRPC). Every flag can also be set "
-                                     "from the environment (MODELRUN_*, PORT).")
+                                     "from the environment (MODELRUN_*, PORT); a flag wins.",
+                                     epilog="environment only:\n" + "\n".join(env_only),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, field in FLAGS.items():
         doc = ServingSettings.model_fields[field].description or ""
-        parser.add_argument(flag, dest=field, default=None, help=f"{doc} [env {_env_name(field)}]")
+        parser.add_argument(flag, dest=field, default=None, metavar=flag[2:].upper().replace("-", "_"),
+                            help=f"{doc} [env {_env_name(field)}]")
     args = parser.parse_args(argv)
     return {field: value for field, value in vars(args).items() if value is not None}
 

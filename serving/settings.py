@@ -16,7 +16,8 @@ MIB = 1024 * 1024
 
 
 class ServingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MODELRUN_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="MODELRUN_", extra="ignore", populate_by_name=True,
+                                      use_attribute_docstrings=True)
 
     model_uri: str = Field(min_length=1)
     """The model to serve: a Keras `.keras` file or a TensorFlow SavedModel folder, as a path or `file://` URI."""
