@@ -8,8 +8,11 @@ Reusable from any test package:
 
 `start_server` waits until gRPC health reports SERVING (or the process dies, which fails with its log),
 and on exit sends SIGTERM, then SIGKILL after a timeout. Each server gets its own MODELRUN_HOME unless
-`env` sets one. Fixtures: `model_files` (session: every test model saved once), `dense8_server` and
-`tabular_server` (module-scoped, prediction logging off).
+`env` sets one. `launch` starts one without waiting (the caller stops it: `server.stop()` returns the exit
+code); `start_servers` starts several at once so their TensorFlow imports overlap. A ServerProcess has
+`.address`, `.port`, `.proc`, `.home`, `.log()`, `.health(service)`, `.wait_serving()`, `.stop()`.
+Fixtures: `model_files` (session: every test model saved once), `dense8_server` and `tabular_server`
+(module-scoped, prediction logging off).
 """
 
 from __future__ import annotations
