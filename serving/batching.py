@@ -63,7 +63,8 @@ class Batcher:
     async def predict(self, inputs: Tensors) -> Tensors:
         """Run `inputs` (every array with the same first dimension) through the model, batched with others."""
         loop = asyncio.get_running_loop()
-        rows = len(next(iter(inputs.values()))) if inputs else 0
+        first = next(iter(inputs.values()), None)
+        rows = first.shape[0] if first is not None and first.ndim else 1
         key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()) if self.enabled else object()
         item = _Item(inputs, rows, key, loop.create_future(), loop)
         self._queue.put(item)

@@ -156,3 +156,20 @@ def test_without_batching_every_request_is_its_own_call():
 
     run(main())
     assert model.calls == [1, 1, 1, 1]
+
+
+def test_scalar_inputs_run_unbatched():
+    seen = []
+
+    def scalar_model(inputs):
+        seen.append(inputs["t"].shape)
+        return {"y": inputs["t"] * 2}
+
+    async def main():
+        batcher = Batcher(scalar_model, enabled=False)
+        results = await asyncio.gather(*(batcher.predict({"t": np.float32(i)}) for i in range(3)))
+        batcher.close()
+        return results
+
+    results = run(main())
+    assert [float(r["y"]) for r in results] == [0.0, 2.0, 4.0] and seen == [()] * 3
