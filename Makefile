@@ -30,5 +30,9 @@ test: setup protos-check
 bench: setup
 	$(PY) bench/serving.py
 
+# Trains a small model on a synthetic dataset, runs `modelrun up`, deploys, predicts, stops.
+demo: setup
+	$(PY) examples/demo.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
