@@ -110,7 +110,11 @@ def config_dict(config: DeploymentConfig | None) -> dict:
 
 @dataclass
 class Deployment:
-    """A deployment as users see it (the REST API's Deployment object, plus `serving_revision`)."""
+    """A deployment as users see it (the REST API's Deployment object).
+
+    `features` are the serving revision's training-data feature columns in their order (label removed),
+    None while no revision serves: clients build a model's input matrix in this order.
+    """
 
     name: str
     status: str
@@ -123,12 +127,13 @@ class Deployment:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    features: list[str] | None = None
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "status": self.status, "endpoint": self.endpoint, "model_uri": self.model_uri,
             "training_data_uri": self.training_data_uri, "config": self.config, "revision": self.revision,
-            "serving_revision": self.serving_revision, "error": self.error,
+            "serving_revision": self.serving_revision, "features": self.features, "error": self.error,
             "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
         }
 

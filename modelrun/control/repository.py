@@ -30,12 +30,19 @@ def _loads(text: str | None):
     return json.loads(text) if text else None
 
 
+_serving = revisions.alias("serving")
+# A deployment row plus the feature columns of its serving revision (NULL while nothing serves).
+_SELECT = sa.select(deployments, _serving.c.features.label("serving_features")).select_from(
+    deployments.outerjoin(_serving, (_serving.c.deployment_id == deployments.c.id)
+                          & (_serving.c.revision == deployments.c.serving_revision)))
+
+
 def _deployment(row) -> m.Deployment:
     return m.Deployment(
         name=row.name, status=row.status, endpoint=row.endpoint, model_uri=row.model_uri,
         training_data_uri=row.training_data_uri, config=_loads(row.config) or {}, revision=row.revision,
-        serving_revision=row.serving_revision, error=row.error, created_at=row.created_at,
-        updated_at=row.updated_at,
+        serving_revision=row.serving_revision, features=_loads(row.serving_features), error=row.error,
+        created_at=row.created_at, updated_at=row.updated_at,
     )
 
 
@@ -95,7 +102,7 @@ class Repository:
 
     def list(self) -> list[m.Deployment]:
         def work(conn):
-            return [_deployment(r) for r in conn.execute(sa.select(deployments).order_by(deployments.c.name))]
+            return [_deployment(r) for r in conn.execute(_SELECT.order_by(deployments.c.name))]
         return self._tx(work)
 
     def update(self, name: str, model_uri: str | None, training_data_uri: str | None,
@@ -156,7 +163,7 @@ class Repository:
     def load(self, name: str) -> tuple[m.Deployment, int, list[m.Revision]] | None:
         """The deployment, its id and all its revisions (oldest first); None if it is gone."""
         def work(conn):
-            row = conn.execute(sa.select(deployments).where(deployments.c.name == name)).first()
+            row = conn.execute(_SELECT.where(deployments.c.name == name)).first()
             if row is None:
                 return None
             revs = conn.execute(sa.select(revisions).where(revisions.c.deployment_id == row.id)
@@ -226,7 +233,7 @@ class Repository:
     # ---- inside a transaction --------------------------------------------------------------------
 
     def _get(self, conn, name: str) -> m.Deployment:
-        row = conn.execute(sa.select(deployments).where(deployments.c.name == name)).first()
+        row = conn.execute(_SELECT.where(deployments.c.name == name)).first()
         if row is None:
             raise NotFound(f"no deployment named '{name}'")
         return _deployment(row)

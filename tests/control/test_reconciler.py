@@ -45,6 +45,7 @@ def test_keras_and_savedmodel_reach_ready_and_are_deleted(plane, home, models_di
         ready = wait_status(plane, name)
         assert ready["status"] == "READY", ready["error"]
         assert ready["endpoint"].startswith("127.0.0.1:") and ready["serving_revision"] == 1
+        assert ready["features"] == FEATURES8  # the training data's columns, label "target" left out
         assert [i.name for i in model_metadata(ready["endpoint"], name).inputs]
     assert (home / "bundles" / "dense" / "1" / "model.keras").is_file()
     assert (home / "bundles" / "saved" / "1" / "model" / "saved_model.pb").is_file()

@@ -58,9 +58,11 @@ def test_status_follows_the_newest_revision_and_a_failed_update_keeps_serving(re
     repo.set_revision(first, state=m.DEPLOYING, features=["a", "b"], runtime={"pid": 1, "port": 5},
                       endpoint="127.0.0.1:5")
     assert repo.get("iris").status == "DEPLOYING" and repo.get("iris").endpoint is None
+    assert repo.get("iris").features is None  # known, but nothing serves yet
     repo.switch_serving(first, None, utcnow())
     ready = repo.get("iris")
     assert (ready.status, ready.endpoint, ready.serving_revision) == ("READY", "127.0.0.1:5", 1)
+    assert ready.features == ["a", "b"] and [d.features for d in repo.list()] == [["a", "b"]]
     assert newest(repo, "iris").features == ["a", "b"] and newest(repo, "iris").runtime == {"pid": 1, "port": 5}
 
     repo.update("iris", "/m/2.keras", None, None)
@@ -75,10 +77,12 @@ def test_status_follows_the_newest_revision_and_a_failed_update_keeps_serving(re
     repo.update("iris", "/m/3.keras", None, None)
     third = newest(repo, "iris")
     assert repo.get("iris").error is None
-    repo.set_revision(third, state=m.DEPLOYING, endpoint="127.0.0.1:7")
+    repo.set_revision(third, state=m.DEPLOYING, endpoint="127.0.0.1:7", features=["b", "a", "c"])
+    assert repo.get("iris").features == ["a", "b"]  # revision 1 still serves
     repo.switch_serving(third, repo.load("iris")[2][0], utcnow() + timedelta(seconds=5))
     switched = repo.get("iris")
     assert (switched.status, switched.serving_revision, switched.endpoint) == ("READY", 3, "127.0.0.1:7")
+    assert switched.features == ["b", "a", "c"] and repo.load("iris")[0].features == ["b", "a", "c"]
     assert repo.load("iris")[2][0].state == m.DRAINING
     history = [(e["revision"], e["from"], e["to"]) for e in repo.events("iris")]
     assert history == [(1, None, "PENDING"), (1, "PENDING", "BUILDING"), (1, "BUILDING", "DEPLOYING"),
