@@ -10,7 +10,7 @@ import hmac
 import json
 import logging
 import re
-from pathlib import Path
+from importlib import resources
 
 import flask
 
@@ -19,7 +19,7 @@ from modelrun.errors import InvalidInput, ModelrunError, NotFound, TooLarge, Una
 from modelrun.settings import Settings
 
 log = logging.getLogger(__name__)
-OPENAPI = Path(__file__).with_name("openapi.yaml")
+OPENAPI = resources.files("modelrun.control") / "openapi.yaml"  # package data (pyproject.toml ships it)
 _ITEM = re.compile(r"^/deployments/([^/]+)$")
 _EVENTS = re.compile(r"^/deployments/([^/]+)/events$")
 

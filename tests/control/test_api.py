@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tests.control.conftest import AUTH
+from tests.control.conftest import AUTH, REPO, wait_status, write_training_data
 
 BODY = {"name": "iris", "model_uri": "/models/iris.keras", "training_data_uri": "/data/iris.csv"}
 
@@ -31,10 +31,10 @@ def test_create_get_list_update_delete(functions):
     assert created.status_code == 202
     deployment = created.get_json()
     assert deployment["name"] == "iris" and deployment["status"] == "PENDING" and deployment["revision"] == 1
-    assert deployment["endpoint"] is None and deployment["error"] is None
+    assert deployment["endpoint"] is None and deployment["error"] is None and deployment["features"] is None
     assert deployment["config"] == {"label": "species"}
     assert set(deployment) >= {"name", "status", "endpoint", "model_uri", "training_data_uri", "config",
-                               "revision", "error", "created_at", "updated_at"}
+                               "revision", "features", "error", "created_at", "updated_at"}
     assert functions.plane.wake.is_set()
 
     assert functions.api.get("/deployments/iris", headers=AUTH).get_json()["model_uri"] == "/models/iris.keras"
@@ -220,3 +220,54 @@ def test_database_down_is_503_and_the_reconciler_says_so(functions, monkeypatch)
     assert error_of(functions.api.post("/deployments", json=BODY, headers=AUTH))[0] == 503
     with pytest.raises(Unavailable):
         functions.plane.reconcile_once()
+
+
+@pytest.mark.slow
+def test_a_ready_deployment_lists_its_feature_columns_in_training_data_order(functions, models_dir, tmp_path):
+    """`features` is the serving revision's columns in file order, label left out; it switches with `endpoint`."""
+    import schemathesis
+
+    first = ["f3", "f1", "target", "f0", "f7", "f2", "f6", "f5", "f4"]
+    second = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "target"]
+    data1 = write_training_data(tmp_path / "one", first)
+    data2 = write_training_data(tmp_path / "two", second, fmt="parquet")
+    body = {"name": "cols", "model_uri": str(models_dir["dense8"]), "training_data_uri": str(data1),
+            "config": {"label": "target"}}
+    assert functions.api.post("/deployments", json=body, headers=AUTH).get_json()["features"] is None
+    assert wait_status(functions.plane, "cols")["status"] == "READY"
+    response = functions.api.get("/deployments/cols", headers=AUTH)
+    ready = response.get_json()
+    assert ready["features"] == [c for c in first if c != "target"], ready
+    listed = functions.api.get("/deployments", headers=AUTH).get_json()["deployments"]
+    assert listed[0]["features"] == ready["features"]
+    # The fuzz test never gets this far; check a filled-in `features` against the document too.
+    document = schemathesis.openapi.from_path(REPO / "modelrun" / "control" / "openapi.yaml")
+    document["/deployments/{name}"]["GET"].validate_response(response)
+
+    patched = functions.api.patch("/deployments/cols", json={"training_data_uri": str(data2)}, headers=AUTH)
+    assert patched.get_json()["features"] == ready["features"]  # revision 1 serves until 2 is READY
+    switched = wait_status(functions.plane, "cols")
+    assert (switched["status"], switched["serving_revision"]) == ("READY", 2), switched
+    assert functions.api.get("/deployments/cols", headers=AUTH).get_json()["features"] == second[:-1]
+
+
+def test_the_openapi_document_ships_in_the_wheel_and_is_served_from_the_package(functions, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from importlib import resources
+
+    served = functions.api.get("/openapi.yaml").data
+    assert served == (resources.files("modelrun.control") / "openapi.yaml").read_bytes()
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("modelrun", "serving"):
+        shutil.copytree(REPO / folder, source / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=120)
+    (wheel,) = (tmp_path / "dist").glob("modelrun-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("modelrun/control/openapi.yaml") == served
