@@ -214,7 +214,13 @@ def delete(name, wait, timeout, as_json):
 @click.argument("rows", required=False, metavar="[FILE|-]")
 @json_option
 def predict(name, rows, as_json):
-    """Predict JSON rows (a list of objects keyed by feature) or CSV rows from FILE or standard input."""
+    """Predict JSON rows (a list of objects keyed by feature) or CSV rows from FILE or standard input.
+
+    Each row needs every feature the model takes; a row without one is an error naming the missing
+    feature(s). Other keys or columns (a label, an id) are ignored, so rows cut from the training data
+    work as they are. Key order does not matter: a model with one 2-D input gets the features in the
+    training data's column order, which the control plane reports (`modelrun get NAME --json`, `features`).
+    """
     from modelrun.cli_output import echo_json, predictions_table, read_rows
 
     data = read_rows(rows)

@@ -99,10 +99,12 @@ def deployment_detail(d: dict) -> None:
 
     table = Table(box=None, show_header=False)
     for key in ("name", "status", "endpoint", "revision", "model_uri", "training_data_uri", "config",
-                "error", "created_at", "updated_at"):
+                "features", "error", "created_at", "updated_at"):
         value = d.get(key)
         if key == "status":
             value = _status(d)
+        elif key == "features" and isinstance(value, list):
+            value = ", ".join(map(str, value))
         elif isinstance(value, dict | list):
             value = json.dumps(value)
         if value not in (None, "", {}) or key in ("status", "endpoint"):

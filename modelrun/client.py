@@ -140,6 +140,10 @@ class Client:
                 retry_for: float = 30.0) -> list[dict[str, Any]]:
         """Predict `rows` (dicts keyed by feature) on deployment `name`; one dict of outputs per row.
 
+        Every row needs every feature the model takes, else `errors.InvalidInput` names the missing ones;
+        keys the model does not take (a label, an id) are ignored. A model with one 2-D input gets the
+        features in the order the deployment's `features` gives (the training data's column order).
+
         The endpoint and the model's inputs are cached (see `_target`). When the server is unavailable
         (an update moved the deployment to a new server, or it is restarting) the endpoint is looked up
         again and the request retried for up to `retry_for` seconds, with the same request `id`, so the
@@ -191,11 +195,11 @@ class Client:
                                      f"wait for READY with `modelrun get {name}`")
         with self._lock:
             current = self._targets.get(name)
-            if current is not None and current.endpoint == deployment["endpoint"]:
-                current.resolved_at = time.monotonic()
-                return current
-            self._targets[name] = Target(deployment)  # new endpoint; threads still on the old one finish there
-            return self._targets[name]
+            if current is None or current.endpoint != deployment["endpoint"]:
+                self._targets[name] = Target(deployment)  # new endpoint; threads on the old one finish there
+                return self._targets[name]
+        current.refresh(deployment)  # same endpoint, maybe another revision behind it (Cloud Run)
+        return current
 
     def close(self) -> None:
         self._http.close()

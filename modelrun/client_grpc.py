@@ -1,8 +1,9 @@
 """The gRPC half of `modelrun.client`: a deployment's endpoint, and rows <-> Open Inference Protocol tensors.
 
 A model with one 2-D input gets the rows as a matrix whose columns follow the training data's feature
-order; a model with one named input per feature gets one tensor per feature in the datatype the model's
-metadata asks for (strings as BYTES). Outputs come back as one dict per row. gRPC, numpy and the
+order, as the control plane reports it in the deployment's `features`; a model with one named input per feature gets one tensor per feature in the datatype the model's
+metadata asks for (strings as BYTES). Every row must have every feature the model takes (one error names
+all that are missing); other keys are ignored. Outputs come back as one dict per row. gRPC, numpy and the
 generated stubs are imported only here, when predicting.
 """
 
@@ -42,6 +43,7 @@ class Target:
         self.model = deployment.get("model_name") or deployment["name"]
         self.endpoint = deployment["endpoint"]
         self.resolved_at = time.monotonic()
+        self.revision = deployment.get("serving_revision")
         self.features = _feature_order(deployment)
         endpoint = deployment["endpoint"]
         if endpoint.startswith("https://"):
@@ -66,23 +68,49 @@ class Target:
         response = self._rpc(self.stub.ModelInfer, request, timeout)
         return _rows_from(response, len(rows))
 
+    def refresh(self, deployment: Deployment) -> None:
+        """The API still names this endpoint: note the time, and when another revision serves behind it
+        (Cloud Run keeps one URL across revisions) take its feature order and ask for its inputs again."""
+        self.resolved_at = time.monotonic()
+        if deployment.get("serving_revision") != self.revision:
+            with self._lock:
+                self.revision = deployment.get("serving_revision")
+                self.features = _feature_order(deployment)
+                self._inputs = None
+
     def _tensors(self, rows, timeout):
         inputs = self._metadata(timeout)
-        keys = list(self.features or rows[0].keys())
-        if len(inputs) == 1 and inputs[0].name not in rows[0]:
+        if _takes_matrix(inputs, self.features, rows[0]):
             # One 2-D input: the rows become a matrix, columns in the training data's feature order.
             (meta,) = inputs
+            keys = self._columns(meta, rows)
             width = meta.shape[-1] if len(meta.shape) == 2 else -1
             if width > 0 and width != len(keys):
                 raise errors.InvalidInput(
                     f"the model takes {width} features per row, the rows have {len(keys)}: {', '.join(keys)}")
+            _check_rows(rows, keys)
             values = [_value(row, key, i, meta.datatype) for i, row in enumerate(rows) for key in keys]
             yield meta.name, meta.datatype, [len(rows), len(keys)], values
             return
+        _check_rows(rows, [meta.name for meta in inputs])
         for meta in inputs:  # one named input per feature
             values = [_value(row, meta.name, i, meta.datatype) for i, row in enumerate(rows)]
             shape = [len(rows)] + [1] * (len(meta.shape) - 1) if len(meta.shape) > 1 else [len(rows)]
             yield meta.name, meta.datatype, shape, values
+
+    def _columns(self, meta, rows) -> list[str]:
+        """The matrix's column order: the API's `features`, else the local training data's header. With
+        neither, only a one-column matrix is unambiguous; guessing from the rows' key order could
+        silently swap features, so that is an error."""
+        if self.features:
+            return self.features
+        keys = list(rows[0])
+        if len(keys) == 1 or (len(meta.shape) == 2 and meta.shape[-1] == 1):
+            return keys[:1]
+        raise errors.InvalidInput(
+            f"cannot tell the column order of {self.model}'s input {meta.name!r}: the control plane does not "
+            f"report the training data's feature columns and the training data is not readable here; "
+            f"upgrade the control plane (its Deployment JSON then carries `features`)")
 
     def _metadata(self, timeout):
         with self._lock:
@@ -112,16 +140,57 @@ class Target:
 
 
 def _feature_order(deployment: Deployment) -> list[str] | None:
-    """The training data's feature columns in order: from the API if it says, else from a local file."""
+    """The serving revision's feature columns in training-data order: the API's `features` (the source
+    of truth); only when it gives none (an older control plane), the header of a local training-data file
+    less `config.label`; else None."""
     features = deployment.get("features")
     if isinstance(features, list) and features:
         return [f["name"] if isinstance(f, dict) else str(f) for f in features]
     try:
         columns = _columns_of(deployment.get("training_data_uri") or "")
-    except Exception:  # unreadable or remote: fall back to the rows' own key order
+    except Exception:  # unreadable or remote
         return None
     label = (deployment.get("config") or {}).get("label")
     return [c for c in columns if c != label] or None
+
+
+def _takes_matrix(inputs: list, features: list[str] | None, first_row: Mapping[str, Any]) -> bool:
+    """Whether the model takes the rows as one matrix (one 2-D input) rather than one input per feature.
+
+    Decided as the control plane decides when it checks the model against its training data: one 2-D
+    input, unless it is a one-wide input named like a feature column.
+    """
+    if len(inputs) != 1:
+        return False
+    meta = inputs[0]
+    if features:
+        return len(meta.shape) == 2 and not (meta.shape[1] == 1 and meta.name in features)
+    return meta.name not in first_row
+
+
+def _check_rows(rows: list[Mapping[str, Any]], needed: list[str]) -> None:
+    """One error naming every feature some row lacks (and which rows). Keys the model does not take are
+    ignored (a label or id column, say), but named in that error in case one is a misspelling."""
+    lacking: dict[str, list[int]] = {}
+    extra: dict[str, None] = {}
+    wanted = set(needed)
+    for index, row in enumerate(rows):
+        for key in needed:
+            if key not in row:
+                lacking.setdefault(key, []).append(index)
+        if len(extra) < 10:
+            extra.update((k, None) for k in row if k not in wanted)
+    if not lacking:
+        return
+    parts = []
+    for key, where in lacking.items():
+        shown = ", ".join(map(str, where[:5])) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+        parts.append(f"{key!r} (row{'s' if len(where) > 1 else ''} {shown})")
+    message = (f"missing feature{'s' if len(lacking) > 1 else ''} {', '.join(parts)}; "
+               f"each row needs all of: {', '.join(needed)}")
+    if extra:
+        message += f" (the rows also have {', '.join(list(extra)[:10])}, which the model does not take)"
+    raise errors.InvalidInput(message)
 
 
 def _columns_of(uri: str) -> list[str]:

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import serving_processes, write_csv
+from tests.e2e.conftest import one_error_line, serving_processes, write_csv
 from tests.util import wait_until
 
 pytestmark = pytest.mark.slow
@@ -41,8 +41,12 @@ def deploy(stack, name: str, model, data, *extra: str) -> dict:
 
 
 def test_keras_model_deploys_and_predicts_from_json_csv_and_tritonclient(stack, models, tmp_path):
-    deployment = deploy(stack, "dense", models["v1"], models["dense8_csv"])
+    # Deployed from a copy that is then removed: the column order can only come from the API's `features`.
+    training_data = shutil.copy(models["dense8_csv"], tmp_path / "train.csv")
+    deployment = deploy(stack, "dense", models["v1"], training_data)
     features = models["features"]
+    assert deployment["features"] == features
+    (tmp_path / "train.csv").unlink()
     x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
     expected = expected_dense8(models["v1"], x)
 
@@ -56,6 +60,15 @@ def test_keras_model_deploys_and_predicts_from_json_csv_and_tritonclient(stack, 
     csv_file = write_csv(tmp_path / "rows.csv", features, x.tolist())
     predicted = stack.cli_json("predict", "dense", "-", input=csv_file.read_text())
     np.testing.assert_allclose(single_output(predicted), expected, rtol=1e-4, atol=1e-5)
+
+    # A row without a feature is one error naming it; keys the model does not take are ignored
+    rows = rows_of(x, features)
+    del rows[1]["f3"], rows[3]["f3"], rows[3]["f6"]
+    line = one_error_line(stack.cli("predict", "dense", "-", input=json.dumps(rows), check=False))
+    assert "missing features 'f3' (rows 1, 3), 'f6' (row 3)" in line, line
+    extra = [{"id": i, **row, "target": 0.5} for i, row in enumerate(rows_of(x, features))]
+    with stack.client() as client:
+        np.testing.assert_allclose(single_output(client.predict("dense", extra)), expected, rtol=1e-4, atol=1e-5)
 
     # The human-readable table names the prediction
     table = stack.cli("predict", "dense", str(csv_file)).stdout
