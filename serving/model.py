@@ -103,7 +103,7 @@ def _load_keras(tf, path: Path) -> Model:
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     input_tensors, structured = _keras_inputs(model)
     specs = {name: tf.TensorSpec(tensor.shape, tensor.dtype, name=name) for name, tensor in input_tensors.items()}
-    output_names = list(model.output_names)
+    output_names = _keras_output_names(model)
     names = list(specs)
 
     def call(inputs):
@@ -136,6 +136,18 @@ def _keras_inputs(model) -> tuple[dict, bool]:
         raise Unprocessable("the Keras model has no defined inputs (a subclassed model?); save a functional "
                             "or Sequential model with an Input layer")
     return {tensor.name: tensor for tensor in tensors}, False
+
+
+def _keras_output_names(model) -> list[str]:
+    """Names for the model's outputs: a functional model's `output_names` (its output layers' names); a
+    Sequential model has no `output_names`, so its one output is named after its last layer."""
+    names = getattr(model, "output_names", None)
+    if names:
+        return list(names)
+    layers = getattr(model, "layers", None)
+    if layers:
+        return [layers[-1].name]
+    return []
 
 
 def _as_dict(outputs, names: list[str]) -> dict:

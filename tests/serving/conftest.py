@@ -128,10 +128,11 @@ NO_LOG = {"MODELRUN_LOG_PREDICTIONS": "false"}
 
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory) -> dict[str, Path]:
-    """Every test model, saved once per session: dense8(.keras, savedmodel), tabular(.keras, savedmodel),
-    and dtype_<DT>.keras for each datatype in models.DTYPE_MODELS."""
+    """Every test model, saved once per session: dense8(.keras, savedmodel), sequential8.keras,
+    tabular(.keras, savedmodel), and dtype_<DT>.keras for each datatype in models.DTYPE_MODELS."""
     folder = tmp_path_factory.mktemp("models")
-    files = {"dense8": models.save_dense8(folder), "tabular": models.save_tabular(folder)}
+    files = {"dense8": models.save_dense8(folder), "sequential8": models.save_sequential8(folder),
+             "tabular": models.save_tabular(folder)}
     files["dense8_savedmodel"] = models.export_savedmodel(models.load_keras(files["dense8"]), folder)
     files["tabular_savedmodel"] = models.export_savedmodel(models.load_keras(files["tabular"]), folder)
     for datatype in models.DTYPE_MODELS:

@@ -2,6 +2,7 @@
 
 Every builder is seeded, so two calls give the same weights. Shared with other test packages:
     save_dense8(dir)            -> dir/dense8.keras   (Input(8) -> Dense(64, relu) -> Dense(1))
+    save_sequential8(dir)       -> dir/sequential8.keras (the same layers as a keras.Sequential)
     export_savedmodel(model, d) -> d/<name>_savedmodel (model.export(), signature serving_default)
     save_tabular(dir)           -> dir/tabular.keras  (one named input per feature: age, rooms, city, garden)
     save_dtype_model(dir, dt)   -> dir/dtype_<dt>.keras (one 2-D input of V2 datatype dt: INT32, FP16, FP64, BOOL, ...)
@@ -37,6 +38,21 @@ def save_dense8(directory, seed: int = 0) -> Path:
     path = Path(directory) / "dense8.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     build_dense8(seed).save(path)
+    return path
+
+
+def build_sequential8(seed: int = 0, name: str = "sequential8"):
+    """dense8's layers as a `keras.Sequential` (no `output_names`); input `x` [-1, 8] FP32, output `y` [-1, 1]."""
+    keras = _keras()
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input(shape=(8,), name="x"), keras.layers.Dense(64, activation="relu", name="hidden"),
+                             keras.layers.Dense(1, name="y")], name=name)
+
+
+def save_sequential8(directory, seed: int = 0) -> Path:
+    path = Path(directory) / "sequential8.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_sequential8(seed).save(path)
     return path
 
 

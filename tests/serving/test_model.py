@@ -30,6 +30,16 @@ def test_single_input_predict_matches_keras(model_files, key):
     assert model.batchable
 
 
+def test_sequential_keras_model_loads_and_predicts(model_files):
+    model = load_model(model_files["sequential8"])
+    assert [(s.name, s.datatype, s.shape) for s in model.inputs] == [("x", "FP32", (-1, 8))]
+    assert [(s.name, s.datatype, s.shape) for s in model.outputs] == [("y", "FP32", (-1, 1))]
+    x = np.random.default_rng(4).normal(size=(6, 8)).astype(np.float32)
+    want = np.asarray(models.load_keras(model_files["sequential8"])(x))
+    np.testing.assert_allclose(model.predict({"x": x})["y"], want, rtol=1e-5, atol=1e-6)
+    assert model.batchable
+
+
 @pytest.mark.parametrize("key", ["tabular", "tabular_savedmodel"])
 def test_multi_input_predict_matches_keras(model_files, key):
     model = load_model(model_files[key])

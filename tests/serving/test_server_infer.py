@@ -26,6 +26,7 @@ def servers(model_files):
     specs = {
         "dense8": (model_files["dense8"], "dense8"),
         "dense8_savedmodel": (model_files["dense8_savedmodel"], "dense8"),
+        "sequential8": (model_files["sequential8"], "sequential8"),
         "tabular": (model_files["tabular"], "tabular"),
         "tabular_savedmodel": (model_files["tabular_savedmodel"], "tabular"),
         **{f"dtype_{dt}": (model_files[f"dtype_{dt}"], f"dtype-{dt.lower()}") for dt in DTYPES},
@@ -122,6 +123,15 @@ def test_dense8_typed(servers, keras_models, key, output):
     assert response.id == "typed-1" and response.model_name == "dense8" and response.model_version == "1"
     np.testing.assert_allclose(typed_output(response, output), np.asarray(keras_models["dense8"](x)),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_sequential_keras_model(servers, keras_models):
+    meta = client(servers["sequential8"]).get_model_metadata("sequential8")
+    assert meta.platform == "tensorflow_keras"
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("y", "FP32", [-1, 1])]
+    x = np.random.default_rng(4).normal(size=(4, 8)).astype(np.float32)
+    got = client(servers["sequential8"]).infer("sequential8", raw_inputs({"x": ("FP32", x)})).as_numpy("y")
+    np.testing.assert_allclose(got, np.asarray(keras_models["sequential8"](x)), rtol=1e-5, atol=1e-6)
 
 
 def test_one_request_larger_than_the_batch_limit(servers, keras_models):
