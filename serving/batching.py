@@ -2,8 +2,16 @@
 
 The model runs on one dedicated thread. Requests queue while it is busy; its next call takes every
 queued request whose tensors fit together (same input names, dtypes and trailing shapes), up to
-`max_batch_size` rows, concatenated along the first dimension. With `max_wait_ms` > 0 a call that is
-not full first waits that long for more. A single request larger than `max_batch_size` runs alone.
+`max_batch_size` rows, concatenated along the first dimension. A single request larger than
+`max_batch_size` runs alone.
+
+Waiting is adaptive. A model call costs about the same for 1 row as for 32, so under concurrent load it
+pays to wait up to `max_wait_ms` for more requests before calling the model; a sequential caller, though,
+would only lose that time. So a call waits only when the previous call combined two or more requests
+(concurrent callers exist); after a call with one request the next one starts at once. Sequential
+callers never wait (apart from the very first call, which knows no history and may wait); under load
+calls fill up, and once load stops at most one call waits in vain. A call also stops waiting as soon as
+it holds `max_batch_size` rows.
 
 Hand-offs are cheap on purpose: the event loop puts a request on a queue (no task, no executor future),
 and the model thread answers a whole batch with one `call_soon_threadsafe`.
@@ -55,6 +63,9 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.enabled = enabled  # False: every request is its own call (a model without a free batch dim)
         self.stats = BatchStats()
+        # Requests in the previous model call: >= 2 means concurrent callers, so wait for them. The first call
+        # has no history and waits (only once: e.g. a single sequential caller pays max_wait on its first request).
+        self._last_size = 2
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._held: list[_Item] = []  # taken from the queue but not fitting the last batch (model thread only)
         self._thread = threading.Thread(target=self._run_forever, name="model", daemon=True)
@@ -92,26 +103,29 @@ class Batcher:
                 return
 
     def _fill(self, batch: list[_Item]) -> tuple[list[_Item], bool]:
-        """Add every queued request that fits the first one; with max_wait, wait a little for more."""
+        """Add every queued request that fits the first one; if the previous call had company, wait up to
+        max_wait for more."""
         if self._queue.empty():
             # Let the event loop (waiting for the GIL) hand over requests it is already parsing, so that
             # under load they join this call. When nothing waits, this returns at once.
             time.sleep(0)
         rows, key = batch[0].rows, batch[0].key
-        deadline = time.monotonic() + self.max_wait
+        wait = self.max_wait if self._last_size >= 2 else 0.0
+        deadline = time.monotonic() + wait if wait else 0.0
         held = self._held
         self._held = []
         for item in held:  # earlier leftovers first, in order
             rows = self._place(item, batch, rows, key)
         while rows < self.max_batch_size:
             try:
-                wait = deadline - time.monotonic()
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                left = deadline - time.monotonic() if deadline else 0.0
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
                 return batch, True
             rows = self._place(item, batch, rows, key)
+        self._last_size = len(batch)
         return batch, False
 
     def _place(self, item: _Item, batch: list[_Item], rows: int, key) -> int:

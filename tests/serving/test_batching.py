@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 
@@ -173,3 +174,63 @@ def test_scalar_inputs_run_unbatched():
 
     results = run(main())
     assert [float(r["y"]) for r in results] == [0.0, 2.0, 4.0] and seen == [()] * 3
+
+
+def test_sequential_callers_never_wait():
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, max_wait_ms=1000)
+        await batcher.predict(rows(0))  # the very first call knows no history and may wait
+        took = []
+        for i in range(1, 6):
+            began = time.monotonic()
+            await batcher.predict(rows(i))
+            took.append(time.monotonic() - began)
+        batcher.close()
+        return took
+
+    took = run(main())
+    assert max(took) < 0.5, took  # far below max_wait: a call after a one-request call does not wait
+    assert model.calls == [1] * 6
+
+
+def test_concurrent_callers_are_gathered_and_sequential_ones_then_stop_waiting():
+    model = RecordingModel()
+
+    async def staggered(batcher, first: int, n: int):
+        tasks = []
+        for i in range(first, first + n):  # arrive one by one while the model is idle
+            tasks.append(asyncio.ensure_future(batcher.predict(rows(i))))
+            await asyncio.sleep(0.02)
+        return await asyncio.gather(*tasks)
+
+    async def main():
+        batcher = Batcher(model, max_batch_size=4, max_wait_ms=1000)
+        # Concurrency shows: the first request holds the model while two more queue behind it.
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0)))
+        await asyncio.to_thread(model.started.wait, 10)
+        queued = [asyncio.ensure_future(batcher.predict(rows(i))) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(first, *queued)
+        calls_before = len(model.calls)
+        # The previous call had company, so the next one waits and gathers requests arriving 20 ms apart.
+        results = await staggered(batcher, 10, 4)
+        assert model.calls[calls_before:] == [4]  # stopped waiting when full
+        for i, result in zip(range(10, 14), results):
+            np.testing.assert_array_equal(result["y"], rows(i)["x"] * 2 + rows(i)["x"].sum(axis=1, keepdims=True))
+        # Load stops: one lone request waits in vain (the last call had company), later ones do not wait.
+        took = []
+        for i in range(20, 23):
+            began = time.monotonic()
+            await batcher.predict(rows(i))
+            took.append(time.monotonic() - began)
+        batcher.close()
+        return calls_before, took
+
+    calls_before, took = run(main())
+    assert model.calls[calls_before:] == [4, 1, 1, 1]
+    assert took[0] >= 0.9 and max(took[1:]) < 0.5, took
+    assert model.calls[:calls_before] in ([1, 2], [3])  # whether the first call caught the others is timing
