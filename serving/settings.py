@@ -49,10 +49,10 @@ class ServingSettings(BaseSettings):
 
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     """How long a model call may wait for more requests to batch, used only under concurrency: a call waits
-    (up to this long, or until `max_batch_size` rows) only when the previous call combined two or more requests.
-    A sequential caller therefore never waits, while concurrent callers share model calls (a call costs about
-    the same for 1 row as for 32), which raises throughput and lowers CPU per request. Requests that arrive
-    while the model is busy are always batched into its next call. 0: never wait."""
+    (this long, unless it already holds `max_batch_size` rows) only when the previous call combined two or
+    more requests. A sequential caller therefore never waits, while concurrent callers share model calls (a
+    call costs about the same for 1 row as for 32), which raises throughput and lowers CPU per request.
+    Requests that arrive while the model is busy are always batched into its next call. 0: never wait."""
 
     log_predictions: bool = True
     """Write every prediction (or a sample) to the prediction log."""
