@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -24,3 +25,21 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30.0, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def serving_processes(home: Path) -> list[int]:
+    """Pids of live `python -m serving` processes started for `home` (by command line or environment)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"serving" not in cmdline or (entry / "stat").read_text().split()[2] == "Z":
+                continue
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(home).encode() in b" ".join(cmdline) or f"MODELRUN_HOME={home}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids

@@ -20,7 +20,7 @@ from functions_framework import create_app
 
 from modelrun.control import build_control_plane
 from modelrun.settings import Settings
-from tests.util import wait_until
+from tests.util import serving_processes, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = str(REPO / "functions" / "main.py")
@@ -28,22 +28,6 @@ TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 FEATURES8 = [f"f{i}" for i in range(8)]
-
-
-def serving_processes(home: Path) -> list[int]:
-    """Pids of live (non-zombie) `python -m serving` processes whose command line names `home`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if b"serving" in args and str(home).encode() in b" ".join(args) and stat[stat.rfind(")") + 2] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import pytest
 from modelrun.control import build_control_plane
 from modelrun.proto import inference_pb2, inference_pb2_grpc
 from modelrun.settings import Settings
-from tests.control.conftest import FEATURES8, serving_processes, wait_status, write_training_data
-from tests.util import wait_until
+from tests.control.conftest import FEATURES8, wait_status, write_training_data
+from tests.util import serving_processes, wait_until
 
 pytestmark = pytest.mark.slow
 

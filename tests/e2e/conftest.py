@@ -17,29 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.util import free_port, wait_until
+from tests.util import free_port, serving_processes, wait_until
 
 # The console script `make setup` installs; `python -m modelrun` is the same program otherwise.
 _SCRIPT = Path(sys.executable).parent / "modelrun"
 MODELRUN = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "modelrun"]
-
-
-def serving_processes(home: Path) -> list[int]:
-    """Pids of live `python -m serving` processes started for `home` (by command line or environment)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"serving" not in cmdline or (entry / "stat").read_text().split()[2] == "Z":
-                continue
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(home).encode() in b" ".join(cmdline) or f"MODELRUN_HOME={home}".encode() in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    return pids
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:

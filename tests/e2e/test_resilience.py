@@ -10,8 +10,8 @@ import stat
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import Stack, one_error_line, serving_processes
-from tests.util import wait_until
+from tests.e2e.conftest import Stack, one_error_line
+from tests.util import serving_processes, wait_until
 
 pytestmark = pytest.mark.slow
 

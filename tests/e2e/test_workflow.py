@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import one_error_line, serving_processes, write_csv
-from tests.util import wait_until
+from tests.e2e.conftest import one_error_line, write_csv
+from tests.util import serving_processes, wait_until
 
 pytestmark = pytest.mark.slow
 
