@@ -16,6 +16,10 @@ does not wait.
 
 Hand-offs are cheap on purpose: the event loop puts a request on a queue (no task, no executor future),
 and the model thread answers a whole batch with one `call_soon_threadsafe`.
+
+An `observe` callback sees every successful model call after its callers were answered: the callers'
+tags (whatever each passed to `predict`), the joined inputs and outputs, and each caller's row count.
+The prediction log hangs off it, so logging costs one call per batch rather than one per request.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
+Observer = Callable[[list, Tensors, Tensors, list[int]], None]  # (tags, inputs, outputs, rows per caller)
 _STOP = object()
 
 
@@ -43,6 +48,7 @@ class _Item:
     key: object
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    tag: object
 
 
 @dataclass
@@ -58,8 +64,9 @@ class BatchStats:
 
 class Batcher:
     def __init__(self, predict: Callable[[Tensors], Tensors], *, max_batch_size: int = 256,
-                 max_wait_ms: float = 0.0, enabled: bool = True):
+                 max_wait_ms: float = 0.0, enabled: bool = True, observe: Observer | None = None):
         self._predict = predict
+        self._observe = observe
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.enabled = enabled  # False: every request is its own call (a model without a free batch dim)
@@ -72,13 +79,14 @@ class Batcher:
         self._thread = threading.Thread(target=self._run_forever, name="model", daemon=True)
         self._thread.start()
 
-    async def predict(self, inputs: Tensors) -> Tensors:
-        """Run `inputs` (every array with the same first dimension) through the model, batched with others."""
+    async def predict(self, inputs: Tensors, tag: object = None) -> Tensors:
+        """Run `inputs` (every array with the same first dimension) through the model, batched with others.
+        `tag` is handed to the observer with this request's rows."""
         loop = asyncio.get_running_loop()
         first = next(iter(inputs.values()), None)
         rows = first.shape[0] if first is not None and first.ndim else 1
         key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()) if self.enabled else object()
-        item = _Item(inputs, rows, key, loop.create_future(), loop)
+        item = _Item(inputs, rows, key, loop.create_future(), loop, tag)
         self._queue.put(item)
         return await item.future
 
@@ -148,7 +156,7 @@ class Batcher:
             return
         self._count(batch)
         if len(batch) == 1:
-            self._answer(batch, *self._call(batch[0].inputs))
+            self._run_alone(batch[0])
             return
         names = list(batch[0].inputs)
         joined = {name: np.concatenate([item.inputs[name] for item in batch]) for name in names}
@@ -157,13 +165,28 @@ class Batcher:
         if error is not None or any(len(array) != total for array in outputs.values()):
             # One bad request must not fail the others: run each alone and let it get its own answer.
             for item in batch:
-                self._answer([item], *self._call(item.inputs))
+                self._run_alone(item)
             return
         results, start = [], 0
         for item in batch:
             results.append({name: array[start:start + item.rows] for name, array in outputs.items()})
             start += item.rows
         batch[0].loop.call_soon_threadsafe(_deliver, batch, results, None)
+        self._notify(batch, joined, outputs)
+
+    def _run_alone(self, item: _Item) -> None:
+        outputs, error = self._call(item.inputs)
+        self._answer([item], outputs, error)
+        if error is None:
+            self._notify([item], item.inputs, outputs)
+
+    def _notify(self, batch: list[_Item], inputs: Tensors, outputs: Tensors) -> None:
+        if self._observe is None:
+            return
+        try:
+            self._observe([item.tag for item in batch], inputs, outputs, [item.rows for item in batch])
+        except Exception:  # an observer's failure must not touch serving
+            log.exception("batch observer failed")
 
     def _call(self, inputs: Tensors) -> tuple[Tensors | None, BaseException | None]:
         try:

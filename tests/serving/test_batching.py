@@ -234,3 +234,57 @@ def test_concurrent_callers_are_gathered_and_sequential_ones_then_stop_waiting()
     assert model.calls[calls_before:] == [4, 1, 1, 1]
     assert took[0] >= 0.9 and max(took[1:]) < 0.5, took
     assert model.calls[:calls_before] in ([1, 2], [3])  # whether the first call caught the others is timing
+
+
+class Observer:
+    def __init__(self, fail: bool = False):
+        self.calls: list[tuple[list, dict, dict, list[int]]] = []
+        self.fail = fail
+
+    def __call__(self, tags, inputs, outputs, rows):
+        self.calls.append((tags, inputs, outputs, rows))
+        if self.fail:
+            raise RuntimeError("observer broke")
+
+
+def test_the_observer_sees_each_model_call_with_its_callers_tags_and_rows():
+    model, observer = RecordingModel(fail_on=13.0), Observer()
+
+    async def main():
+        batcher = Batcher(model, max_batch_size=100, observe=observer)
+        model.gate.clear()
+        first = asyncio.ensure_future(batcher.predict(rows(0), tag="t0"))
+        await asyncio.to_thread(model.started.wait, 10)
+        joined = [asyncio.ensure_future(batcher.predict(rows(i, n=i), tag=f"t{i}")) for i in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(first, *joined)
+        # a failing request in a batch: the others run alone, the failing one is never observed
+        model.gate.clear()
+        blocker = asyncio.ensure_future(batcher.predict(rows(0), tag="b"))
+        await asyncio.sleep(0.05)
+        mixed = [asyncio.ensure_future(batcher.predict(rows(i), tag=f"m{i}")) for i in (12, 13)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        await asyncio.gather(blocker, *mixed, return_exceptions=True)
+        batcher.close()
+
+    run(main())
+    tags = [call[0] for call in observer.calls]
+    assert tags == [["t0"], ["t1", "t2", "t3"], ["b"], ["m12"]]
+    _, inputs, outputs, counts = observer.calls[1]
+    assert counts == [1, 2, 3] and inputs["x"].shape == (6, 3) and outputs["y"].shape == (6, 3)
+    np.testing.assert_array_equal(inputs["x"][:, 0], [1, 2, 2, 3, 3, 3])
+
+
+def test_a_failing_observer_does_not_touch_the_answers():
+    model, observer = RecordingModel(), Observer(fail=True)
+
+    async def main():
+        batcher = Batcher(model, observe=observer)
+        results = [await batcher.predict(rows(i), tag=i) for i in range(3)]
+        batcher.close()
+        return results
+
+    results = run(main())
+    assert [r["y"][0, 0] for r in results] == [0.0, 5.0, 10.0] and len(observer.calls) == 3
