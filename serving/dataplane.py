@@ -8,7 +8,6 @@ reaches the model; each check names the input and what was expected vs received.
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import UTC, datetime
 
 import numpy as np
@@ -32,9 +31,9 @@ class DataPlane:
         self.feature_names = feature_names
         self.logger = logger  # a PredictionLogger, or None when prediction logging is off
         if logger is not None:
-            from serving.prediction_log import PredictionRecord
+            from serving.prediction_log import PredictionBatch
 
-            self._record = PredictionRecord
+            self._batch_record = PredictionBatch
         self.model: Model | None = None
         self.batcher: Batcher | None = None
         self._inputs: dict[str, TensorSpec] = {}
@@ -94,13 +93,12 @@ class DataPlane:
         arrived = request.arrived or datetime.now(UTC)
         self._check_model(request.model_name, request.model_version)
         outputs = self._check_outputs(request.outputs)
-        rows = self._check_inputs(request.inputs)
+        self._check_inputs(request.inputs)
         inputs = {name: request.inputs[name] for name in self._inputs}  # the model's order
-        result = await self.batcher.predict(inputs)
+        tag = (request.id, arrived, started) if self.logger is not None else None
+        result = await self.batcher.predict(inputs, tag)
         if outputs is not None:
             result = {name: result[name] for name in outputs}
-        if self.logger is not None:
-            self._log(request, rows, inputs, result, arrived, started)
         return InferResponse(model_name=self.name, model_version=self.version, id=request.id, outputs=result,
                              raw=request.raw)
 
@@ -145,18 +143,22 @@ class DataPlane:
                 _check_finite(name, array)
         return rows or 1
 
-    def _log(self, request, rows, inputs, outputs, arrived, started) -> None:
+    def log_batch(self, tags: list, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                  rows: list[int]) -> None:
+        """The batcher's observer (on the model thread): one model call's requests go to the prediction log
+        as one entry. Every output of the model is logged, whatever each caller selected."""
+        done = time.perf_counter()
+        requests = [(client_id, arrived, (done - started) * 1000.0, n) for (client_id, arrived, started), n in
+                    zip(tags, rows)]
         if self._columns is not None:
             (array,) = inputs.values()
-            features = {column: array[:, i] for i, column in enumerate(self._columns)}
+            # One contiguous array per column, so each request's slice of it encodes without a copy.
+            features = dict(zip(self._columns, np.ascontiguousarray(array.T)))
         else:
             features = {name: _column(array) for name, array in inputs.items()}
-        self.logger.log(self._record(
-            deployment=self.name, revision=self.revision, request_id=uuid.uuid4().hex,
-            client_request_id=request.id, ts=arrived,
-            features=features, outputs={name: _column(array) for name, array in outputs.items()},
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-        ))
+        self.logger.log(self._batch_record(deployment=self.name, revision=self.revision, features=features,
+                                           outputs={name: _column(array) for name, array in outputs.items()},
+                                           requests=requests))
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:
@@ -172,7 +174,7 @@ def _check_finite(name: str, array: np.ndarray) -> None:
 
 def _column(array: np.ndarray) -> np.ndarray:
     """[n, 1] -> [n]: one value per row for a per-feature input or a single-value output."""
-    return array[:, 0] if array.ndim == 2 and array.shape[1] == 1 else array
+    return np.ascontiguousarray(array[:, 0]) if array.ndim == 2 and array.shape[1] == 1 else array
 
 
 def _listing(specs: dict[str, TensorSpec]) -> str:

@@ -1,8 +1,9 @@
 """The prediction log writer: every ModelInfer request becomes one row in `predictions`, nothing is lost.
 
-`log()` runs on the request path: it only samples and appends the record to a bounded in-memory queue.
-A background thread turns queued records into rows (all JSON encoding happens there) and writes each
-batch as one multi-row INSERT in one transaction (group commit). When the database fails, the failed
+`log()` runs on the request path: it only samples and appends an entry to a bounded in-memory queue. An
+entry is one request (`PredictionRecord`) or, as the server logs them, one model call's requests
+(`PredictionBatch`). A background thread turns queued entries into rows (all JSON encoding happens there)
+and writes each batch of rows as one multi-row INSERT in one transaction (group commit). When the database fails, the failed
 batch and every later one go to a local journal (JSON lines, fsync'd per batch) while the thread
 probes the database with backoff; when it answers again the journal is replayed in chunks and the
 replayed files are deleted. Inserts skip an existing (deployment, request_id), so a replay that is
@@ -12,11 +13,13 @@ interrupted or repeated never makes a second row. A full queue spills records to
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from random import random
@@ -25,7 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
-from modelrun.db.predictions import insert_ignoring_duplicates, predictions, row_of
+from modelrun.db.predictions import encode_row, insert_ignoring_duplicates, predictions, row_of
 from serving.prediction_journal import Journal, read_rows
 
 log = logging.getLogger("modelrun.predictions")
@@ -37,25 +40,84 @@ _CLOSE_RESERVE = 1.0  # of close()'s timeout, kept for journaling what the datab
 
 @dataclass
 class PredictionRecord:
+    """One request, with an id of the caller's choosing."""
+
     deployment: str
     revision: int
-    request_id: str  # server-generated uuid4 hex, unique per request
+    request_id: str  # unique per deployment
     client_request_id: str  # the gRPC request's `id`, may be ""
     ts: datetime  # UTC, when the request arrived
     features: dict[str, np.ndarray]  # input features by feature name; must not be mutated after log()
     outputs: dict[str, np.ndarray]
     latency_ms: float
 
+    def rows(self) -> list[dict]:
+        return [row_of(self)]
 
-def _rows(records) -> list[dict]:
+
+# Request ids: this process's 16-hex-digit prefix (start time in seconds, then random), the batch's sequence
+# number, the request's index in it. Unique across processes, and increasing within one, so the unique index
+# on (deployment, request_id) grows at its end instead of at random places.
+_ID_PREFIX = f"{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(4)}"
+_batch_numbers = itertools.count()
+
+
+@dataclass
+class PredictionBatch:
+    """The requests of one model call: their inputs and outputs stacked, rows in request order."""
+
+    deployment: str
+    revision: int
+    features: dict[str, np.ndarray]  # by feature name; must not be mutated after log()
+    outputs: dict[str, np.ndarray]
+    requests: list[tuple[str, datetime, float, int]]  # (client request id, arrival UTC, latency ms, rows)
+    number: int = field(default_factory=_batch_numbers.__next__)  # taken at creation: a retry keeps its ids
+    kept: list[bool] | None = None  # per request, when sampling: whether it is logged
+
+    def rows(self) -> list[dict]:
+        prefix = f"{_ID_PREFIX}{self.number:012x}"
+        if len(self.requests) == 1:  # the arrays are the request's own, whatever their first dimensions
+            (client_id, arrived, latency, _), = self.requests
+            if self.kept is not None and not self.kept[0]:
+                return []
+            return [encode_row(self.deployment, self.revision, f"{prefix}0000", client_id, arrived,
+                               self.features, self.outputs, latency)]
+        rows, start = [], 0
+        features, outputs = self.features.items(), self.outputs.items()
+        for index, (client_id, arrived, latency, count) in enumerate(self.requests):
+            end = start + count
+            if self.kept is not None and not self.kept[index]:
+                start = end
+                continue
+            rows.append(encode_row(self.deployment, self.revision, f"{prefix}{index:04x}", client_id, arrived,
+                                   {name: array[start:end] for name, array in features},
+                                   {name: array[start:end] for name, array in outputs}, latency))
+            start = end
+        return rows
+
+
+def _sample(entry: PredictionRecord | PredictionBatch, rate: float) -> bool:
+    """Keep each request with probability `rate`; False when none of the entry's is kept."""
+    if isinstance(entry, PredictionRecord):
+        return random() < rate
+    entry.kept = [random() < rate for _ in entry.requests]
+    return any(entry.kept)
+
+
+def _rows(entries) -> list[dict]:
     rows = []
-    for record in records:
+    for entry in entries:
         try:
-            rows.append(row_of(record))
-        except Exception:  # one unencodable record must not sink its batch
-            log.exception("prediction log: dropping a record that cannot be encoded (request %s)",
-                          getattr(record, "request_id", "?"))
+            rows.extend(entry.rows())
+        except Exception:  # one unencodable entry must not sink its batch
+            log.exception("prediction log: dropping an entry that cannot be encoded (%s)", _describe(entry))
     return rows
+
+
+def _describe(entry) -> str:
+    if isinstance(entry, PredictionRecord):
+        return f"request {entry.request_id}"
+    return f"{len(getattr(entry, 'requests', ()))} requests of one model call"
 
 
 class PredictionLogger:
@@ -90,9 +152,9 @@ class PredictionLogger:
 
     # ---- the request path --------------------------------------------------------------------------
 
-    def log(self, record: PredictionRecord) -> None:
+    def log(self, record: PredictionRecord | PredictionBatch) -> None:
         try:
-            if self._sample_rate < 1.0 and random() >= self._sample_rate:
+            if self._sample_rate < 1.0 and not _sample(record, self._sample_rate):
                 return
             queue = self._queue
             if len(queue) < self._queue_size and not self._closed:
@@ -105,7 +167,7 @@ class PredictionLogger:
                 if self._closed:
                     self._spill.rotate()  # unlocked, so the next process replays it even while this one lives
         except Exception:
-            self._complain(f"prediction log: lost the record of request {getattr(record, 'request_id', '?')}")
+            self._complain(f"prediction log: lost an entry ({_describe(record)})")
 
     def _complain(self, message: str) -> None:
         """log.exception, at most once a minute (a full disk must not flood the log)."""

@@ -115,7 +115,8 @@ async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> Non
         await asyncio.to_thread(logger.start)
     model = await loading
     batcher = Batcher(model.predict, max_batch_size=settings.max_batch_size,
-                      max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable)
+                      max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable,
+                      observe=dataplane.log_batch if logger is not None else None)
     try:
         dataplane.set_model(model, batcher)
     except ValueError as exc:

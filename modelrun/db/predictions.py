@@ -7,6 +7,7 @@ server's numpy arrays into that text; `read_predictions` turns it back into dict
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql
 
 from modelrun.db import metadata
 
@@ -65,10 +66,15 @@ def _default(value):
 
 
 _NUMERIC_KINDS = frozenset("biuf")
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def encode_columns(columns: dict[str, np.ndarray]) -> str:
     """`{name: array}` → columnar JSON text. Bytes become UTF-8 strings; NaN/inf become null."""
+    try:  # the common case, numeric arrays orjson takes as they are, in one C call
+        return orjson.dumps(columns, option=_NUMPY).decode()
+    except TypeError:
+        pass
     prepared = {}
     for name, array in columns.items():
         array = np.asarray(array)
@@ -80,7 +86,7 @@ def encode_columns(columns: dict[str, np.ndarray]) -> str:
         else:
             prepared[name] = array.tolist()
     try:
-        return orjson.dumps(prepared, default=_default, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        return orjson.dumps(prepared, default=_default, option=_NUMPY).decode()
     except TypeError:  # a dtype orjson refuses (e.g. float16 on old builds): go through Python lists
         slow = {name: np.asarray(a).tolist() for name, a in columns.items()}
         return orjson.dumps(slow, default=_default).decode()
@@ -101,14 +107,21 @@ def _text(value, limit: int) -> str:
     return str(value).replace("\x00", "")[:limit]  # PostgreSQL text cannot hold NUL
 
 
-def row_of(r) -> dict:
-    """A `serving.prediction_log.PredictionRecord` as a row (without id). Strings are cut to fit their column."""
-    latency = float(r.latency_ms)
-    return {"deployment": _text(r.deployment, 63), "revision": int(r.revision),
-            "request_id": _text(r.request_id, 64), "client_request_id": _text(r.client_request_id or "", 256),
-            "ts": utc_naive(r.ts), "batch_size": batch_size_of(r.features),
-            "features": encode_columns(r.features), "outputs": encode_columns(r.outputs),
+def encode_row(deployment: str, revision: int, request_id: str, client_request_id: str, ts: datetime,
+               features: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_ms: float) -> dict:
+    """One request as a row (without id). Strings are cut to fit their column."""
+    latency = float(latency_ms)
+    return {"deployment": _text(deployment, 63), "revision": int(revision),
+            "request_id": _text(request_id, 64), "client_request_id": _text(client_request_id or "", 256),
+            "ts": utc_naive(ts), "batch_size": batch_size_of(features),
+            "features": encode_columns(features), "outputs": encode_columns(outputs),
             "latency_ms": latency if math.isfinite(latency) else -1.0}
+
+
+def row_of(r) -> dict:
+    """A `serving.prediction_log.PredictionRecord` as a row (without id)."""
+    return encode_row(r.deployment, r.revision, r.request_id, r.client_request_id, r.ts, r.features, r.outputs,
+                      r.latency_ms)
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -117,7 +130,8 @@ def insert_ignoring_duplicates(conn: sa.Connection, rows: Sequence[dict]) -> int
     """Insert `rows` (dicts keyed by COLUMNS, `ts` naive UTC) in one statement; a (deployment,
     request_id) that is already there is skipped, so replaying a journal twice never makes a second row.
 
-    SQLite runs `INSERT OR IGNORE` through the driver's C executemany loop; PyMySQL rewrites an
+    SQLite gets multi-row `INSERT ... VALUES (..), (..) ON CONFLICT DO NOTHING` statements with plain
+    parameters (an executemany would step, and let go of the GIL, once per row); PyMySQL rewrites an
     executemany into one multi-row `INSERT IGNORE ... VALUES (..), (..)`. pg8000 would send one
     round trip per row, so PostgreSQL gets the whole batch as one JSON parameter, expanded server-side
     by json_to_recordset (about ten times less Python per row than a multi-row VALUES).
@@ -129,7 +143,7 @@ def insert_ignoring_duplicates(conn: sa.Connection, rows: Sequence[dict]) -> int
     if name == "postgresql":
         result = conn.execute(_PG_INSERT, {"batch": orjson.dumps(list(rows)).decode()})
     elif name == "sqlite":
-        result = conn.execute(_SQLITE_INSERT, list(rows))
+        return _sqlite_insert(conn, rows)
     elif name in ("mysql", "mariadb"):
         result = conn.execute(_MYSQL_INSERT, list(rows))
     else:
@@ -145,7 +159,31 @@ def _pg_insert() -> sa.Insert:
     return postgresql.insert(predictions).from_select(list(COLUMNS), select).on_conflict_do_nothing()
 
 
-_SQLITE_INSERT = sqlite.insert(predictions).on_conflict_do_nothing()
+def _sqlite_insert(conn: sa.Connection, rows: Sequence[dict]) -> int:
+    inserted = 0
+    for start in range(0, len(rows), _SQLITE_CHUNK):
+        chunk = rows[start:start + _SQLITE_CHUNK]
+        values = []
+        for row in chunk:
+            values.extend(row[name] for name in COLUMNS)
+            values[_TS_FROM_END] = _sqlite_time(values[_TS_FROM_END])
+        inserted += max(conn.exec_driver_sql(_sqlite_statement(len(chunk)), tuple(values)).rowcount, 0)
+    return inserted
+
+
+def _sqlite_time(ts: datetime) -> str:
+    return ts.isoformat(" ", "microseconds")  # the text SQLAlchemy's SQLite DateTime stores and compares
+
+
+@functools.cache
+def _sqlite_statement(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+    return (f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES {', '.join([one] * rows)} "
+            "ON CONFLICT (deployment, request_id) DO NOTHING")
+
+
+_SQLITE_CHUNK = 100  # rows per statement: 900 parameters, under SQLite's oldest limit of 999
+_TS_FROM_END = COLUMNS.index("ts") - len(COLUMNS)
 _MYSQL_INSERT = sa.insert(predictions).prefix_with("IGNORE")
 _PG_INSERT = _pg_insert()
 

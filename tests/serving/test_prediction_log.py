@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from modelrun.db import create_schema, make_engine
 from modelrun.db.predictions import count_predictions, read_predictions, row_of
 from serving.prediction_journal import Journal
-from serving.prediction_log import PredictionLogger, PredictionRecord
+from serving.prediction_log import PredictionBatch, PredictionLogger, PredictionRecord
 from tests.conftest import fresh_database_url
 from tests.serving.dbfault import Outage
 from tests.util import wait_until
@@ -122,6 +122,46 @@ def test_a_batch_of_rows_in_one_request_keeps_its_columns(db, open_logger):
     assert row["batch_size"] == 3 and row["client_request_id"] == ""
     assert row["features"] == {"x": [1.0, 3.0, 5.0], "word": ["a", "bé", "c😀"], "raw": ["\\xff\\xfe", "ok", ""]}
     assert row["outputs"] == {"p": [[0.1, 0.9], [0.5, 0.5], [1.0, None]]}
+
+
+def model_call(first: int, counts: list[int]) -> PredictionBatch:
+    """One model call's requests, as the server logs them: request k has counts[k] rows, x = its number."""
+    x = np.concatenate([np.full(n, first + k, np.float32) for k, n in enumerate(counts)])
+    requests = [(f"client-{first + k}", datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=first + k),
+                 0.5 + k, n) for k, n in enumerate(counts)]
+    return PredictionBatch(DEPLOYMENT, 3, features={"x": x, "double": x * 2}, outputs={"y": -x}, requests=requests)
+
+
+def test_a_model_call_becomes_one_row_per_request_with_that_requests_rows(db, open_logger):
+    logger = open_logger()
+    logger.log(model_call(0, [1, 3, 2]))
+    logger.log(model_call(3, [2]))
+    wait_until(lambda: db.count() == 4, what="4 rows")
+    rows = {row["client_request_id"]: row for row in read_predictions(db.engine, DEPLOYMENT)}
+    for number, count in ((0, 1), (1, 3), (2, 2), (3, 2)):
+        row = rows[f"client-{number}"]
+        assert row["batch_size"] == count
+        assert row["ts"] == datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=number)
+        assert row["features"] == {"x": [number] * count, "double": [2 * number] * count}
+        assert row["outputs"] == {"y": [-number] * count}
+    assert [rows[f"client-{k}"]["latency_ms"] for k in range(3)] == [0.5, 1.5, 2.5]
+    ids = [row["request_id"] for row in rows.values()]
+    assert len(set(ids)) == 4 and all(len(i) == 32 for i in ids)
+    assert sorted(ids) == [rows[f"client-{k}"]["request_id"] for k in range(4)]  # in logging order
+
+
+def test_sampling_a_model_call_keeps_or_drops_each_request_whole(sqlite_url, tmp_path):
+    logger = PredictionLogger(sqlite_url, DEPLOYMENT, sample_rate=0.5, journal_dir=tmp_path / "j")
+    logger.start()
+    for call in range(200):
+        logger.log(model_call(10 * call, [1, 2, 3, 1, 1, 2, 1, 1, 4, 1]))
+    logger.close()
+    rows = read_predictions(make_engine(sqlite_url), DEPLOYMENT)
+    assert abs(len(rows) - 1000) <= 6 * (2000 * 0.25) ** 0.5
+    counts = [1, 2, 3, 1, 1, 2, 1, 1, 4, 1]
+    for row in rows:
+        number = int(row["client_request_id"].removeprefix("client-"))
+        assert row["features"]["x"] == [number] * counts[number % 10]
 
 
 def test_a_row_the_database_refuses_is_set_aside_and_holds_up_nothing(db, open_logger, tmp_path):
