@@ -7,6 +7,7 @@ still in the journal then are replayed by the next server on the same journal fo
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 
@@ -190,4 +191,58 @@ def test_sigterm_with_the_database_down_journals_and_the_next_start_replays(data
     with start_server(dense8, NAME, env=server_env(outage.url, journal)):
         wait_until(lambda: not list(journal.glob("*.jsonl")), timeout=60, what="the journal replayed")
     assert answered <= set(rows_by_client_id(engine))
+    engine.dispose()
+
+
+def test_concurrent_requests_to_a_model_with_named_inputs_each_log_their_own_values(sqlite_url, model_files,
+                                                                                    tmp_path):
+    """Requests that share model calls are split back into their own rows: one column per named input
+    (numbers, strings, booleans) and every output, whatever outputs the caller asked for."""
+    from tests.serving import models
+
+    types = {"age": "FP32", "rooms": "INT64", "city": "BYTES", "garden": "BOOL"}
+    sent: dict[str, dict] = {}
+    lock = threading.Lock()
+
+    def caller(worker: int, address: str) -> None:
+        client = triton.InferenceServerClient(address)
+        try:
+            for i in range(12):
+                rows = models.tabular_rows(1 + (worker + i) % 3, seed=worker * 100 + i)
+                rows["city"] = np.vectorize(lambda s: s.encode(), otypes=[object])(rows["city"])
+                inputs = []
+                for name, array in rows.items():
+                    inputs.append(triton.InferInput(name, list(array.shape), types[name]))
+                    inputs[-1].set_data_from_numpy(array)
+                request_id = f"w{worker}-{i}"
+                result = client.infer("tabular", inputs, request_id=request_id,
+                                      outputs=[triton.InferRequestedOutput("price")], client_timeout=30)
+                with lock:
+                    sent[request_id] = {"rows": rows, "price": result.as_numpy("price")}
+        finally:
+            client.close()
+
+    engine = make_engine(sqlite_url)
+    env = {"MODELRUN_DATABASE_URL": sqlite_url, "MODELRUN_JOURNAL_DIR": str(tmp_path / "journal")}
+    with start_server(model_files["tabular"], "tabular", env=env) as server:
+        threads = [threading.Thread(target=caller, args=(w, server.address)) for w in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        wait_until(lambda: count_predictions(engine, "tabular") >= len(sent), what="a row per request")
+    served = re.search(r"served (\d+) requests \(\d+ rows\) in (\d+) model calls", server.log())
+    assert served and int(served[2]) < int(served[1]) == 16 * 12, "no two requests shared a model call"
+    assert len(sent) == 16 * 12
+    logged = {row["client_request_id"]: row for row in read_predictions(engine, "tabular")}
+    assert len(logged) == len(sent)
+    for request_id, want in sent.items():
+        row, rows = logged[request_id], want["rows"]
+        assert row["batch_size"] == len(rows["age"])
+        assert row["features"] == {"age": pytest.approx(rows["age"][:, 0].tolist()),
+                                   "rooms": rows["rooms"][:, 0].tolist(),
+                                   "city": [c.decode() for c in rows["city"][:, 0]],
+                                   "garden": rows["garden"][:, 0].tolist()}
+        assert set(row["outputs"]) == {"price", "expensive"}
+        assert row["outputs"]["price"] == pytest.approx(want["price"][:, 0].tolist(), rel=1e-5)
     engine.dispose()
