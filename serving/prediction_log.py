@@ -2,13 +2,14 @@
 
 `log()` runs on the request path: it only samples and appends an entry to a bounded in-memory queue. An
 entry is one request (`PredictionRecord`) or, as the server logs them, one model call's requests
-(`PredictionBatch`). A background thread turns queued entries into rows (all JSON encoding happens there)
-and writes each batch of rows as one multi-row INSERT in one transaction (group commit). When the database fails, the failed
-batch and every later one go to a local journal (JSON lines, fsync'd per batch) while the thread
-probes the database with backoff; when it answers again the journal is replayed in chunks and the
-replayed files are deleted. Inserts skip an existing (deployment, request_id), so a replay that is
-interrupted or repeated never makes a second row. A full queue spills records to the journal from
-`log()` itself rather than block. Journals left by an earlier process are replayed after `start()`.
+(`PredictionBatch`). A background thread turns queued entries into rows (all JSON encoding happens
+there) and writes about `batch_rows` rows at a time as multi-row INSERTs in one transaction (group
+commit). When the database fails, the failed batch and every later one go to a local journal (JSON
+lines, fsync'd per batch) while the thread probes the database with backoff; when it answers again the
+journal is replayed in chunks and the replayed files are deleted. Inserts skip an existing (deployment,
+request_id), so a replay that is interrupted or repeated never makes a second row. A full queue spills
+entries to the journal from `log()` itself rather than block. Journals left by an earlier process are
+replayed after `start()`.
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ class PredictionRecord:
     outputs: dict[str, np.ndarray]
     latency_ms: float
 
+    size = 1  # requests
+
     def rows(self) -> list[dict]:
         return [row_of(self)]
 
 
-# Request ids: this process's 16-hex-digit prefix (start time in seconds, then random), the batch's sequence
-# number, the request's index in it. Unique across processes, and increasing within one, so the unique index
+# Request ids (40 hex digits): this process's prefix (start time in seconds, then 64 random bits), the
+# batch's sequence number, the request's index in it. Unique across processes, and increasing within one, so the unique index
 # on (deployment, request_id) grows at its end instead of at random places.
-_ID_PREFIX = f"{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(4)}"
+_ID_PREFIX = f"{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(8)}"
 _batch_numbers = itertools.count()
 
 
@@ -73,6 +76,10 @@ class PredictionBatch:
     requests: list[tuple[str, datetime, float, int]]  # (client request id, arrival UTC, latency ms, rows)
     number: int = field(default_factory=_batch_numbers.__next__)  # taken at creation: a retry keeps its ids
     kept: list[bool] | None = None  # per request, when sampling: whether it is logged
+
+    @property
+    def size(self) -> int:  # requests
+        return len(self.requests)
 
     def rows(self) -> list[dict]:
         prefix = f"{_ID_PREFIX}{self.number:012x}"
@@ -123,6 +130,8 @@ def _describe(entry) -> str:
 class PredictionLogger:
     def __init__(self, database_url: str, deployment: str, *, sample_rate: float = 1.0, journal_dir: Path,
                  queue_size: int = 10000, batch_rows: int = 500, flush_interval: float = 0.05):
+        """`queue_size` counts entries (so up to queue_size x max batch size requests) held in memory before
+        log() spills to the journal; `batch_rows` is about how many rows one transaction writes."""
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
         self.deployment = deployment
@@ -240,9 +249,11 @@ class PredictionLogger:
             with self._handoff:
                 if self._abandoned:
                     return False
-                queue, take = self._queue, min(self._batch_rows, len(self._queue))
-                self._inflight = [queue.popleft() for _ in range(take)]
-                batch = self._inflight
+                queue, batch, requests = self._queue, [], 0
+                while queue and requests < self._batch_rows:  # about batch_rows rows per transaction
+                    batch.append(queue.popleft())
+                    requests += batch[-1].size
+                self._inflight = batch
             if not batch:
                 return True
             try:

@@ -146,7 +146,7 @@ def test_a_model_call_becomes_one_row_per_request_with_that_requests_rows(db, op
         assert row["outputs"] == {"y": [-number] * count}
     assert [rows[f"client-{k}"]["latency_ms"] for k in range(3)] == [0.5, 1.5, 2.5]
     ids = [row["request_id"] for row in rows.values()]
-    assert len(set(ids)) == 4 and all(len(i) == 32 for i in ids)
+    assert len(set(ids)) == 4 and all(len(i) == 40 for i in ids)
     assert sorted(ids) == [rows[f"client-{k}"]["request_id"] for k in range(4)]  # in logging order
 
 

@@ -118,7 +118,7 @@ def test_every_request_is_one_row_with_named_features(database_url, dense8, tmp_
     assert count_predictions(engine, NAME) == 150
     for request_id, (x, y) in sent.items():
         row = rows[request_id]
-        assert row["batch_size"] == len(x) and row["revision"] == 1 and len(row["request_id"]) == 32
+        assert row["batch_size"] == len(x) and row["revision"] == 1 and len(row["request_id"]) == 40
         assert list(row["features"]) == FEATURES
         for i, name in enumerate(FEATURES):
             assert row["features"][name] == pytest.approx(x[:, i].tolist())
