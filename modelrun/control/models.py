@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from modelrun.errors import InvalidInput
 
@@ -31,6 +31,9 @@ def check_name(name: object) -> str:
     return name
 
 
+DeploymentName = Annotated[str, BeforeValidator(check_name)]
+
+
 class DeploymentConfig(BaseModel):
     """Known keys are checked; other keys are kept for other parts (e.g. drift settings)."""
 
@@ -42,27 +45,23 @@ class DeploymentConfig(BaseModel):
 
 
 _URI = Field(min_length=1, max_length=2048)
+_OPTIONAL_URI = Field(default=None, min_length=1, max_length=2048)
 
 
 class CreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: DeploymentName
     model_uri: str = _URI
     training_data_uri: str = _URI
     config: DeploymentConfig | None = None
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value):
-        return check_name(value)
 
 
 class UpdateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_uri: str | None = Field(default=None, min_length=1, max_length=2048)
-    training_data_uri: str | None = Field(default=None, min_length=1, max_length=2048)
+    model_uri: str | None = _OPTIONAL_URI
+    training_data_uri: str | None = _OPTIONAL_URI
     config: DeploymentConfig | None = None
 
 
@@ -71,15 +70,10 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: DeploymentName
     model: str = _URI
     training_data: str = _URI
     config: DeploymentConfig | None = None
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _name(cls, value):
-        return check_name(value)
 
 
 def parse(model: type[BaseModel], data: Any, what: str = "request body"):
