@@ -153,44 +153,36 @@ def test_post_of_an_existing_name_is_409(functions):
     assert (status, code) == (409, "conflict") and "already exists" in message
 
 
-def test_concurrent_posts_of_one_name_give_one_202_and_one_409(functions):
-    functions.api.get("/deployments", headers=AUTH)  # create the schema first, like a running server
-    for attempt in range(5):
-        body = {**BODY, "name": f"race{attempt}"}
-        barrier = threading.Barrier(2)
-        statuses = []
-
-        def post():
-            client = functions.api_app.test_client()
-            barrier.wait()
-            statuses.append(client.post("/deployments", json=body, headers=AUTH).status_code)
-
-        threads = [threading.Thread(target=post) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(statuses) == [202, 409]
-    assert len(functions.api.get("/deployments", headers=AUTH).get_json()["deployments"]) == 5
-
-
-def test_api_on_each_database(database_url, functions, monkeypatch):
-    """The same API on SQLite, MariaDB and PostgreSQL (MODELRUN_DATABASE_URL), including the create race."""
-    monkeypatch.setenv("MODELRUN_DATABASE_URL", database_url)
-    results = []
+def post_twice_at_once(functions, body: dict) -> list[int]:
+    """Two clients POST the same body at the same moment; their status codes."""
+    statuses = []
     barrier = threading.Barrier(2)
 
     def post():
         client = functions.api_app.test_client()
         barrier.wait()
-        results.append(client.post("/deployments", json=BODY, headers=AUTH).status_code)
+        statuses.append(client.post("/deployments", json=body, headers=AUTH).status_code)
 
     threads = [threading.Thread(target=post) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results) == [202, 409]
+    return statuses
+
+
+def test_concurrent_posts_of_one_name_give_one_202_and_one_409(functions):
+    functions.api.get("/deployments", headers=AUTH)  # create the schema first, like a running server
+    for attempt in range(5):
+        body = {**BODY, "name": f"race{attempt}"}
+        assert sorted(post_twice_at_once(functions, body)) == [202, 409]
+    assert len(functions.api.get("/deployments", headers=AUTH).get_json()["deployments"]) == 5
+
+
+def test_api_on_each_database(database_url, functions, monkeypatch):
+    """The same API on SQLite, MariaDB and PostgreSQL (MODELRUN_DATABASE_URL), including the create race."""
+    monkeypatch.setenv("MODELRUN_DATABASE_URL", database_url)
+    assert sorted(post_twice_at_once(functions, BODY)) == [202, 409]
     assert functions.api.patch("/deployments/iris", json={"config": {"label": "y"}}, headers=AUTH).status_code == 202
     assert functions.api.get("/deployments/iris", headers=AUTH).get_json()["revision"] == 2
     assert functions.plane.settings.resolved_database_url == database_url

@@ -39,18 +39,27 @@ def rows(i: int, n: int = 1, width: int = 3) -> dict:
     return {"x": np.full((n, width), float(i), dtype=np.float32)}
 
 
+async def behind_a_busy_model(model: RecordingModel, batcher: Batcher, queued: list[dict], *, tags=None,
+                              first_tag=None) -> list[asyncio.Future]:
+    """Hold the model busy with one request (rows(0)) while the `queued` requests line up behind it, then
+    let it go. Returns every request's future, the held one's first."""
+    model.gate.clear()
+    held = asyncio.ensure_future(batcher.predict(rows(0), first_tag))
+    await asyncio.to_thread(model.started.wait, 10)
+    futures = [asyncio.ensure_future(batcher.predict(inputs, tag))
+               for inputs, tag in zip(queued, tags or [None] * len(queued))]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    return [held, *futures]
+
+
 def test_queued_requests_run_as_one_call_and_each_gets_its_rows():
     model = RecordingModel()
 
     async def main():
         batcher = Batcher(model, max_batch_size=1000)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0)))
-        await asyncio.to_thread(model.started.wait, 10)  # the model is busy with the first request
-        rest = [asyncio.ensure_future(batcher.predict(rows(i, n=1 + i % 3))) for i in range(1, 64)]
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        results = await asyncio.gather(first, *rest)
+        results = await asyncio.gather(*await behind_a_busy_model(
+            model, batcher, [rows(i, n=1 + i % 3) for i in range(1, 64)]))
         batcher.close()
         return batcher, results
 
@@ -68,14 +77,9 @@ def test_max_batch_size_bounds_a_call():
 
     async def main():
         batcher = Batcher(model, max_batch_size=10)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0)))
-        await asyncio.to_thread(model.started.wait, 10)
-        rest = [asyncio.ensure_future(batcher.predict(rows(i, n=3))) for i in range(1, 9)]  # 24 rows
-        big = asyncio.ensure_future(batcher.predict(rows(99, n=25)))  # alone, larger than the limit
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        await asyncio.gather(first, *rest, big)
+        # 24 rows in requests of 3, then one alone as it is larger than the limit
+        await asyncio.gather(*await behind_a_busy_model(
+            model, batcher, [rows(i, n=3) for i in range(1, 9)] + [rows(99, n=25)]))
         batcher.close()
 
     run(main())
@@ -88,14 +92,8 @@ def test_incompatible_shapes_are_not_mixed():
 
     async def main():
         batcher = Batcher(model, max_batch_size=100)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0)))
-        await asyncio.to_thread(model.started.wait, 10)
-        narrow = [asyncio.ensure_future(batcher.predict(rows(i, width=3))) for i in range(5)]
-        wide = [asyncio.ensure_future(batcher.predict(rows(i, width=4))) for i in range(5)]
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        results = await asyncio.gather(first, *narrow, *wide)
+        results = await asyncio.gather(*await behind_a_busy_model(
+            model, batcher, [rows(i, width=3) for i in range(5)] + [rows(i, width=4) for i in range(5)]))
         batcher.close()
         return results
 
@@ -109,13 +107,8 @@ def test_one_bad_request_does_not_fail_its_batch():
 
     async def main():
         batcher = Batcher(model, max_batch_size=100)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0)))
-        await asyncio.to_thread(model.started.wait, 10)
-        others = [asyncio.ensure_future(batcher.predict(rows(i))) for i in (11, 12, 13, 14)]
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        results = await asyncio.gather(first, *others, return_exceptions=True)
+        results = await asyncio.gather(*await behind_a_busy_model(
+            model, batcher, [rows(i) for i in (11, 12, 13, 14)]), return_exceptions=True)
         batcher.close()
         return results
 
@@ -146,13 +139,7 @@ def test_without_batching_every_request_is_its_own_call():
 
     async def main():
         batcher = Batcher(model, enabled=False)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0)))
-        await asyncio.to_thread(model.started.wait, 10)
-        rest = [asyncio.ensure_future(batcher.predict(rows(i))) for i in range(1, 4)]
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        await asyncio.gather(first, *rest)
+        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(i) for i in range(1, 4)]))
         batcher.close()
 
     run(main())
@@ -208,13 +195,7 @@ def test_concurrent_callers_are_gathered_and_sequential_ones_then_stop_waiting()
     async def main():
         batcher = Batcher(model, max_batch_size=4, max_wait_ms=1000)
         # Concurrency shows: the first request holds the model while two more queue behind it.
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0)))
-        await asyncio.to_thread(model.started.wait, 10)
-        queued = [asyncio.ensure_future(batcher.predict(rows(i))) for i in (1, 2)]
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        await asyncio.gather(first, *queued)
+        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(1), rows(2)]))
         calls_before = len(model.calls)
         # The previous call had company, so the next one waits and gathers requests arriving 20 ms apart.
         results = await staggered(batcher, 10, 4)
@@ -252,13 +233,8 @@ def test_the_observer_sees_each_model_call_with_its_callers_tags_and_rows():
 
     async def main():
         batcher = Batcher(model, max_batch_size=100, observe=observer)
-        model.gate.clear()
-        first = asyncio.ensure_future(batcher.predict(rows(0), tag="t0"))
-        await asyncio.to_thread(model.started.wait, 10)
-        joined = [asyncio.ensure_future(batcher.predict(rows(i, n=i), tag=f"t{i}")) for i in (1, 2, 3)]
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        await asyncio.gather(first, *joined)
+        await asyncio.gather(*await behind_a_busy_model(
+            model, batcher, [rows(i, n=i) for i in (1, 2, 3)], tags=["t1", "t2", "t3"], first_tag="t0"))
         # a failing request in a batch: the others run alone, the failing one is never observed
         model.gate.clear()
         blocker = asyncio.ensure_future(batcher.predict(rows(0), tag="b"))
