@@ -121,10 +121,10 @@ def _rows(entries) -> list[dict]:
     return rows
 
 
-def _describe(entry) -> str:
+def _describe(entry: PredictionRecord | PredictionBatch) -> str:
     if isinstance(entry, PredictionRecord):
         return f"request {entry.request_id}"
-    return f"{len(getattr(entry, 'requests', ()))} requests of one model call"
+    return f"{entry.size} requests of one model call"
 
 
 class PredictionLogger:
