@@ -57,6 +57,27 @@ class Settings(BaseSettings):
     stop_timeout: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a local model server is stopped."""
 
+    drift_interval: float = 60.0
+    """Seconds between drift refreshes in `modelrun up` (on Google Cloud a scheduler calls the `drift` function)."""
+
+    drift_webhook: str | None = None
+    """URL every drift alert is POSTed to (a deployment's `drift.webhook` config takes precedence)."""
+
+    drift_reservoir: int = 20000
+    """Production rows per window kept (a deterministic uniform sample) for the exact tests (KS, Wasserstein)."""
+
+    drift_sample_rows: int = 100000
+    """Training rows kept for the exact tests: every row up to this many, a seeded uniform sample beyond."""
+
+    drift_gap_grace: float = 120.0
+    """Seconds a hole in the prediction log's ids may stay open (a writer's transaction still running)
+    before drift stops waiting for it."""
+
+    @property
+    def dashboard_dir(self) -> Path:
+        """Where the local Storage publishes the drift dashboard (served at /dashboard/ by `modelrun up`)."""
+        return self.home_dir / "dashboard"
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser()

@@ -75,28 +75,50 @@ def feature_columns(path: Path, uri: str, label: str | None) -> list[str]:
 
 
 def _read(path: Path, uri: str, suffix: str) -> tuple[list[str], int]:
-    import pandas as pd
-
-    kind = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}.get(suffix, "JSON")
-    try:
-        if kind == "Parquet":
+    kind = _kind(suffix)
+    if kind == "Parquet":
+        try:
             import pyarrow.parquet as pq
 
             meta = pq.ParquetFile(path)
             return [str(c) for c in meta.schema_arrow.names], meta.metadata.num_rows
+        except Exception as exc:  # pyarrow raises many types for unreadable files
+            raise _unreadable(uri, kind, exc) from None
+    frame = read_table(path, uri, nrows=50)
+    return [str(c) for c in frame.columns], len(frame)
+
+
+def read_table(path: Path, uri: str, nrows: int | None = None):
+    """Training data as a pandas DataFrame (the first `nrows` rows, or all); Unprocessable when unreadable."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    kind = _kind(suffix)
+    try:
+        if kind == "Parquet":
+            frame = pd.read_parquet(path)
+            return frame.head(nrows) if nrows is not None else frame
         if kind == "CSV":
-            frame = pd.read_csv(path, nrows=50)
-        elif suffix in (".jsonl", ".ndjson") or _first_char(path) == "{":
+            return pd.read_csv(path, nrows=nrows)
+        if suffix in (".jsonl", ".ndjson") or _first_char(path) == "{":
             try:
-                frame = pd.read_json(path, lines=True, nrows=50)
+                return pd.read_json(path, lines=True, nrows=nrows)
             except ValueError:
                 frame = pd.read_json(path)  # one object of columns: {"age": [..], ...}
         else:
             frame = pd.read_json(path, orient="records")
+        return frame.head(nrows) if nrows is not None else frame
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise Unprocessable(f"{uri} is not readable as {kind} training data: {first}") from None
-    return [str(c) for c in frame.columns], len(frame)
+        raise _unreadable(uri, kind, exc) from None
+
+
+def _kind(suffix: str) -> str:
+    return {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}.get(suffix, "JSON")
+
+
+def _unreadable(uri: str, kind: str, exc: Exception) -> Unprocessable:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return Unprocessable(f"{uri} is not readable as {kind} training data: {first}")
 
 
 def _first_char(path: Path) -> str:

@@ -32,6 +32,9 @@ class Storage(Protocol):
     def fetch(self, uri: str, dest: Path) -> Path:
         """Copy a file or a folder (a SavedModel) to `dest` (never moves); Unprocessable when unreadable."""
 
+    def publish(self, path: str, data: bytes, content_type: str) -> None:
+        """Write one file of the drift dashboard site (`path` relative to its root), replacing it whole."""
+
 
 @dataclass
 class Build:

@@ -16,6 +16,7 @@ _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 class LocalStorage:
     def __init__(self, settings: Settings):
         self.bucket_dir = settings.bucket_dir
+        self.dashboard_dir = settings.dashboard_dir
 
     def path(self, uri: str) -> Path:
         """The local path a URI names; InvalidInput/Unprocessable for what local mode cannot read."""
@@ -69,6 +70,15 @@ class LocalStorage:
         except (OSError, shutil.Error) as exc:
             raise Unprocessable(f"{uri} is not readable: {_reason(exc)}") from None
         return dest
+
+    def publish(self, path: str, data: bytes, content_type: str) -> None:
+        target = self.dashboard_dir / path
+        if ".." in Path(path).parts or Path(path).is_absolute():
+            raise InvalidInput(f"dashboard path {path!r} must stay inside the dashboard folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)  # readers see the old file or the new one, never half of one
 
 
 def _reason(exc: Exception) -> str:
