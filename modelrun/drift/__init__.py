@@ -1,0 +1,1 @@
+"""Drift monitoring: reference profiles, statistical tests, window aggregates and reports (design 3.4)."""
