@@ -25,3 +25,8 @@ def api(request):
 @functions_framework.cloud_event
 def on_upload(cloud_event):
     control_plane().handle_upload(cloud_event)
+
+
+@functions_framework.http
+def drift(request):
+    return control_plane().handle_drift(request)

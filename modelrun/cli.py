@@ -228,6 +228,46 @@ def predict(name, rows, as_json):
     echo_json(predictions) if as_json else predictions_table(data, predictions)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--window", help='One window: "all" (since the serving revision started), "last-24h" or a UTC day '
+                               '(YYYY-MM-DD). Default: every window.')
+@json_option
+def drift(name, window, as_json):
+    """Refresh and print NAME's drift: production traffic against the training data.
+
+    The table lists every feature and model output, most drifted first, with the test, its score and
+    threshold, missing rates and flagged checks. Exits 0 whatever the verdict.
+    """
+    from modelrun.cli_output import echo_json
+
+    result = _client().drift(name, window)
+    if as_json:
+        echo_json(result)
+        return
+    from modelrun.cli_drift import print_reports
+
+    print_reports([result] if window else result["windows"])
+
+
+@cli.command()
+@click.option("--open", "open_browser", is_flag=True, help="Open it in the default web browser.")
+@json_option
+def dashboard(open_browser, as_json):
+    """Print the drift dashboard's URL (`modelrun up` serves it at /dashboard/ on the API's port)."""
+    from modelrun.cli_output import echo_json
+
+    url = _settings().api.rstrip("/") + "/dashboard/"
+    if as_json:
+        echo_json({"url": url})
+    else:
+        click.echo(url)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
 def main() -> None:
     cli(prog_name="modelrun")
 

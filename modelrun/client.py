@@ -119,6 +119,12 @@ class Client:
                     f"deployment {name!r} is still {deployment.get('status')} after {timeout:.0f}s")
             time.sleep(interval)
 
+    def drift(self, name: str, window: str | None = None, *, timeout: float = 300.0) -> dict:
+        """Refresh drift and return NAME's reports: {"deployment", "windows": [report, ...]}, or with
+        `window` ("all", "last-24h", "YYYY-MM-DD") that window's report (design 2.6)."""
+        params = {"window": window} if window else None
+        return self._call("GET", f"/deployments/{name}/drift", params=params, timeout=timeout)
+
     def health(self) -> dict:
         """GET /healthz (no token needed)."""
         return self._call("GET", "/healthz")

@@ -114,6 +114,8 @@ async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> Non
     if logger is not None:
         await asyncio.to_thread(logger.start)
     model = await loading
+    if logger is not None and settings.training_data is not None:
+        await asyncio.to_thread(_profile_outputs, model, settings)
     batcher = Batcher(model.predict, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable,
                       observe=dataplane.log_batch if logger is not None else None)
@@ -134,6 +136,17 @@ def _load_and_warm_up(path, intra_op_threads: int):
         reason = exc.message if isinstance(exc, ModelrunError) else f"{type(exc).__name__}: {exc}"
         raise Unprocessable(f"{path}: the warm-up inference on one row of zeros failed: {reason}") from exc
     return model
+
+
+def _profile_outputs(model, settings: ServingSettings) -> None:
+    from serving.reference import profile_outputs
+
+    try:
+        profile_outputs(model, database_url=settings.resolved_database_url, deployment=settings.model_name,
+                        revision=settings.revision, training_data=settings.training_data,
+                        features=settings.feature_names, sample_rows=settings.reference_rows)
+    except Exception as exc:  # the database is down: drift of the outputs waits, predictions do not
+        log.warning("could not store the outputs' drift reference: %s", str(exc).splitlines()[0][:300])
 
 
 def _make_logger(settings: ServingSettings):

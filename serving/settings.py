@@ -60,6 +60,13 @@ class ServingSettings(BaseSettings):
     log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     """Share of requests logged, 0..1."""
 
+    training_data: Path | None = None
+    """The revision's training data (CSV, JSON or Parquet). Set: before serving, the model's outputs on it are
+    profiled once per revision as the reference for output drift. Unset: outputs are not monitored."""
+
+    reference_rows: int = Field(default=100000, ge=1)
+    """Training rows the outputs' reference is computed on (a seeded uniform sample beyond)."""
+
     journal_dir: Path | None = None
     """Where unwritten prediction-log rows are kept while the database is unreachable.
     Unset: $MODELRUN_HOME/journal/<model name>."""

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 OPENAPI = resources.files("modelrun.control") / "openapi.yaml"  # package data (pyproject.toml ships it)
 _ITEM = re.compile(r"^/deployments/([^/]+)$")
 _EVENTS = re.compile(r"^/deployments/([^/]+)/events$")
+_DRIFT = re.compile(r"^/deployments/([^/]+)/drift$")
 
 
 class MethodNotAllowed(ModelrunError):
@@ -41,6 +42,19 @@ class Api:
             return _error(exc.http_status, exc.code, exc.message)
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.path)
+            return _error(500, "internal", "internal error; the control-plane log has the details")
+
+    def handle_drift(self, request: flask.Request, refresh) -> flask.Response:
+        """The `drift` function: authenticate like the API, refresh, answer each deployment's verdicts."""
+        try:
+            self._authenticate(request)
+            reports = refresh()
+            return _json(200, {"deployments": {name: {r["window"]["id"]: r["status"] for r in windows}
+                                               for name, windows in reports.items()}})
+        except ModelrunError as exc:
+            return _error(exc.http_status, exc.code, exc.message)
+        except Exception:
+            log.exception("unexpected error in the drift function")
             return _error(500, "internal", "internal error; the control-plane log has the details")
 
     def _route(self, request: flask.Request) -> flask.Response:
@@ -68,6 +82,9 @@ class Api:
             raise MethodNotAllowed(f"{method} is not allowed on /deployments/{{name}}; use GET, PATCH or DELETE")
         if match := _EVENTS.match(path):
             return _allow(method, "GET") or _json(200, {"events": self.deployments.events(match.group(1))})
+        if match := _DRIFT.match(path):
+            return _allow(method, "GET") or _json(200, self.deployments.drift(match.group(1),
+                                                                              request.args.get("window") or None))
         raise NotFound(f"no route {path}; the API is described at /openapi.yaml")
 
     def _authenticate(self, request: flask.Request) -> None:

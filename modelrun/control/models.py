@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from modelrun.drift.config import DriftConfig
 from modelrun.errors import InvalidInput
 
 PENDING, BUILDING, DEPLOYING, READY, FAILED, DELETING = "PENDING", "BUILDING", "DEPLOYING", "READY", "FAILED", "DELETING"
@@ -42,6 +43,7 @@ class DeploymentConfig(BaseModel):
     label: str | None = Field(default=None, min_length=1, max_length=255)
     log_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     max_batch_size: int | None = Field(default=None, ge=1, le=65536)
+    drift: DriftConfig | None = None
 
 
 _URI = Field(min_length=1, max_length=2048)
@@ -99,7 +101,12 @@ def _describe(error: dict) -> str:
 
 
 def config_dict(config: DeploymentConfig | None) -> dict:
-    return config.model_dump(exclude_none=True) if config is not None else {}
+    if config is None:
+        return {}
+    data = config.model_dump(exclude_none=True)
+    if config.drift is not None:  # as the user wrote it, not every default spelled out
+        data["drift"] = config.drift.model_dump(exclude_unset=True)
+    return data
 
 
 @dataclass

@@ -11,10 +11,12 @@ import flask
 from modelrun.control.api import Api
 from modelrun.control.backends import BUILDERS, RUNNERS, STORAGES, choose
 from modelrun.control.reconciler import Reconciler
+from modelrun.control.references import References
 from modelrun.control.repository import Repository
 from modelrun.control.service import Deployments
 from modelrun.control.upload import UploadHandler
 from modelrun.db import make_engine
+from modelrun.drift.service import DriftService
 from modelrun.settings import Settings
 
 
@@ -33,10 +35,13 @@ class ControlPlane:
         self.storage = choose(STORAGES, "storage", settings.storage)(settings)
         self.builder = choose(BUILDERS, "builder", settings.builder)(settings, self.storage)
         self.runner = choose(RUNNERS, "runner", settings.runner)(settings)
-        self.deployments = Deployments(self.repo, self.storage, self.wake)
+        self.drift = DriftService(self.engine, self.storage, webhook=settings.drift_webhook,
+                                  reservoir=settings.drift_reservoir, gap_grace=settings.drift_gap_grace)
+        self.deployments = Deployments(self.repo, self.storage, self.wake, self.refresh_drift)
         self.api = Api(settings, self.deployments)
         self.uploads = UploadHandler(settings, self.repo, self.storage, self.wake)
-        self.reconciler = Reconciler(settings, self.repo, self.builder, self.runner)
+        self.references = References(self.engine, self.storage, sample_rows=settings.drift_sample_rows)
+        self.reconciler = Reconciler(settings, self.repo, self.builder, self.runner, self.references)
 
     def handle_api(self, request: flask.Request) -> flask.Response:
         """The REST API of design 2.2 (never raises; errors are JSON responses)."""
@@ -53,6 +58,14 @@ class ControlPlane:
     def reconcile_once(self) -> None:
         """One pass over every deployment; thread-safe (passes are serialized)."""
         self.reconciler.run_once()
+
+    def handle_drift(self, request: flask.Request) -> flask.Response:
+        """The `drift` function (a scheduler calls it): refresh every deployment; a summary as JSON."""
+        return self.api.handle_drift(request, self.refresh_drift)
+
+    def refresh_drift(self) -> dict[str, list[dict]]:
+        """Count new predictions into every deployment's drift, publish the dashboard; the reports by name."""
+        return self.drift.refresh([d.to_json() for d in self.repo.list()])
 
     def shutdown(self) -> None:
         """Stop the local model servers of this home; deployments stay recorded and come back next start."""

@@ -1,7 +1,7 @@
 """The deploy pipeline as reconciliation (design 3.2): each pass moves every deployment forward from
 whatever state it finds, one idempotent step after another, and never waits long for a server.
 
-Per deployment, the newest revision goes PENDING → BUILDING (validate + stage) → DEPLOYING (start, poll
+Per deployment, the newest revision goes PENDING → BUILDING (validate + stage + reference profile) → DEPLOYING (start, poll
 health across passes, check the model's inputs against the training data) → READY, when it becomes the
 serving revision and the previous one drains for `drain_grace` seconds before it is stopped. Any failure
 is FAILED with a one-line reason and whatever that revision had made is stopped and removed. A serving
@@ -18,6 +18,7 @@ from datetime import timedelta
 from modelrun.control import inspect
 from modelrun.control import models as m
 from modelrun.control.backends import Builder, Runner
+from modelrun.control.references import References
 from modelrun.control.repository import Repository, utcnow
 from modelrun.errors import ModelrunError, Unavailable
 from modelrun.settings import Settings
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, repo: Repository, builder: Builder, runner: Runner):
+    def __init__(self, settings: Settings, repo: Repository, builder: Builder, runner: Runner,
+                 references: References):
         self.settings = settings
         self.repo = repo
         self.builder = builder
         self.runner = runner
+        self.references = references
         self._lock = threading.Lock()  # one pass at a time in this process
 
     def run_once(self) -> None:
@@ -85,6 +88,7 @@ class Reconciler:
         if rev.state == m.BUILDING:
             try:
                 build = self.builder.build(rev)
+                self.references.ensure(rev, build.features)
             except (ModelrunError, OSError) as exc:
                 return self._fail(rev, _reason(exc))
             self.repo.set_revision(rev, state=m.DEPLOYING, artifact=build.artifact, features=build.features,
@@ -92,6 +96,7 @@ class Reconciler:
         if rev.state == m.DEPLOYING:
             return self._deploying(rev, previous)
         if rev.state == m.READY:
+            self._reference(rev)
             return self._supervise(rev)
         if rev.state == m.FAILED and (rev.runtime or rev.artifact):
             self._fail(rev, rev.error or "failed")
@@ -122,6 +127,13 @@ class Reconciler:
         drain_until = utcnow() + timedelta(seconds=self.settings.drain_grace)
         self.repo.switch_serving(rev, previous, drain_until)
         log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)
+
+    def _reference(self, rev: m.Revision) -> None:
+        """A revision that was READY before drift monitoring existed gets its reference now."""
+        try:
+            self.references.ensure(rev, rev.features or [])
+        except (ModelrunError, OSError) as exc:
+            log.warning("%s revision %d: no drift reference: %s", rev.name, rev.revision, _reason(exc))
 
     def _supervise(self, rev: m.Revision) -> None:
         """A READY revision whose server is gone (crash, restart of `modelrun up`) is started again."""

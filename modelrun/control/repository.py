@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from modelrun.control import models as m
 from modelrun.control.schema import deployments, events, revisions, upload_events
 from modelrun.db import create_schema
+from modelrun.drift import store as drift_store
 from modelrun.errors import Conflict, NotFound, Unavailable
 
 
@@ -228,6 +229,7 @@ class Repository:
             conn.execute(revisions.delete().where(revisions.c.deployment_id == deployment_id))
             conn.execute(events.delete().where(events.c.deployment == name))
             conn.execute(deployments.delete().where(deployments.c.id == deployment_id))
+            drift_store.forget(conn, name)
         self._tx(work)
 
     # ---- inside a transaction --------------------------------------------------------------------

@@ -6,18 +6,21 @@ A write returns at once (the reconciler does the work) and sets `wake` so a loca
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from modelrun.control import models as m
 from modelrun.control.backends import Storage
 from modelrun.control.repository import Repository
-from modelrun.errors import InvalidInput
+from modelrun.errors import InvalidInput, NotFound
 
 
 class Deployments:
-    def __init__(self, repo: Repository, storage: Storage, wake: threading.Event):
+    def __init__(self, repo: Repository, storage: Storage, wake: threading.Event,
+                 refresh_drift: Callable[[], dict[str, list[dict]]]):
         self.repo = repo
         self.storage = storage
         self.wake = wake
+        self.refresh_drift = refresh_drift
 
     def create(self, body: object) -> m.Deployment:
         request = m.parse(m.CreateRequest, body)
@@ -52,6 +55,18 @@ class Deployments:
     def events(self, name: str) -> list[dict]:
         self.repo.get(m.check_name(name))
         return self.repo.events(name)
+
+    def drift(self, name: str, window: str | None = None) -> dict:
+        """Refresh drift, then the deployment's reports: every window, or the one named."""
+        self.repo.get(m.check_name(name))
+        reports = self.refresh_drift().get(name, [])
+        if window is None:
+            return {"deployment": name, "windows": reports}
+        for report in reports:
+            if report["window"]["id"] == window:
+                return report
+        known = ", ".join(r["window"]["id"] for r in reports) or "none yet (no reference or no predictions)"
+        raise NotFound(f"deployment '{name}' has no drift window '{window}'; its windows: {known}")
 
     def _check_uris(self, *uris: str | None) -> None:
         for uri in uris:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from modelrun.db.predictions import predictions
 from modelrun.drift.aggregate import priorities
-from modelrun.drift.report import OUTPUT_PREFIX
+from modelrun.drift.profile import OUTPUT_PREFIX
 
 CHUNK_ROWS = 20_000  # log rows per page: bounded memory whatever the traffic
 

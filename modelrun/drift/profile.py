@@ -24,6 +24,7 @@ SAMPLE_ROWS = 100_000  # reference rows kept for the exact tests
 HIST_BINS = 20  # equal-width bins over the reference's min..max, for charts and out-of-range counts
 COUNT_CAP = 64  # a numerical column's distinct values are counted exactly up to this many
 CATEGORY_CAP = 1000  # categories kept per column; the rest are summed into `other`
+OUTPUT_PREFIX = "output:"  # how model outputs are keyed among the columns, apart from features of the same name
 NUMERIC_SHARE = 0.9  # an object column whose non-null values are at least this share numbers is numerical
 
 

@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from modelrun.drift import methods, stattests
 from modelrun.drift.aggregate import Aggregate, ColumnAggregate
 from modelrun.drift.config import DriftConfig
-from modelrun.drift.profile import ColumnProfile, Profile
+from modelrun.drift.profile import OUTPUT_PREFIX, ColumnProfile, Profile
 
 SCHEMA = 1
-OUTPUT_PREFIX = "output:"  # how output columns are keyed in a profile, apart from features of the same name
 TOP_CATEGORIES = 20  # categories drawn per column (the reference's most frequent, then unseen ones)
 
 

@@ -20,8 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from modelrun.db import metadata
-from modelrun.drift.profile import Profile
-from modelrun.drift.report import OUTPUT_PREFIX
+from modelrun.drift.profile import OUTPUT_PREFIX, Profile
 
 _TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 _BLOB = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")

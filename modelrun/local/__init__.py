@@ -87,7 +87,7 @@ def _lock_home(settings: Settings):
 
 
 def _announce(settings: Settings, url: str, as_json: bool) -> None:
-    where = {"api": url, "openapi": f"{url}/openapi.yaml", "bucket": str(settings.bucket_dir),
+    where = {"api": url, "openapi": f"{url}/openapi.yaml", "dashboard": f"{url}/dashboard/", "bucket": str(settings.bucket_dir),
              "token_file": str(settings.token_file), "home": str(settings.home_dir),
              "database": settings.resolved_database_url, "logs": str(settings.logs_dir), "pid": os.getpid()}
     if as_json:
@@ -96,6 +96,7 @@ def _announce(settings: Settings, url: str, as_json: bool) -> None:
     lines = [
         f"modelrun is up (pid {os.getpid()})",
         f"  API       {url}   (OpenAPI document: {url}/openapi.yaml)",
+        f"  dashboard {url}/dashboard/   (drift, refreshed every {settings.drift_interval:.0f} s; no token needed)",
         f"  bucket    {settings.bucket_dir}   (a folder with a modelrun.json manifest deploys itself)",
         f"  token     {settings.token_file}   (the CLI reads it from MODELRUN_HOME, or set MODELRUN_TOKEN)",
         f"  database  {settings.resolved_database_url}",

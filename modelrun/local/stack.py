@@ -59,6 +59,7 @@ class LocalStack:
             raise CannotStart(f"{source} is missing: `modelrun up` runs the functions of a modelrun checkout "
                             f"(install it with `pip install -e <checkout>`, as `make setup` does)")
         app = create_app(target="api", source=str(source))
+        app.wsgi_app = DashboardFiles(app.wsgi_app, self.settings.dashboard_dir)
         with sock:
             self.server = make_server(HOST, self.port, app, threaded=True, fd=sock.fileno())
         self.port = self.server.port
@@ -68,6 +69,7 @@ class LocalStack:
 
         self.control = shared_control_plane(self.settings)
         self._spawn("reconciler", self._reconcile_loop)
+        self._spawn("drift", self._drift_loop)
         self.watcher = BucketWatcher(self.settings.bucket_dir, self.control.handle_upload)
         self.watcher.start()
         self._spawn("api", self.server.serve_forever)
@@ -104,6 +106,43 @@ class LocalStack:
                 log.exception("reconciler pass failed")
             wake.wait(self.settings.reconcile_interval)
             wake.clear()
+
+    def _drift_loop(self) -> None:
+        """Refresh drift (and the dashboard) now, then every `drift_interval` seconds."""
+        while not self._stop.is_set():
+            try:
+                self.control.refresh_drift()
+            except Exception:  # keep going: the next refresh reads on from the stored watermark
+                log.exception("drift refresh failed")
+            self._stop.wait(self.settings.drift_interval)
+
+
+class DashboardFiles:
+    """WSGI middleware: /dashboard/ serves the published dashboard folder (no token: it is read-only
+    and local); every other path goes to the API."""
+
+    def __init__(self, app, folder):
+        from werkzeug.middleware.shared_data import SharedDataMiddleware
+
+        self.app = app
+        self.files = SharedDataMiddleware(_not_published, {"/dashboard": str(folder)}, cache=False)
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/dashboard":
+            start_response("301 Moved Permanently", [("Location", "/dashboard/"), ("Content-Length", "0")])
+            return [b""]
+        if path.startswith("/dashboard/"):
+            if path == "/dashboard/":
+                environ = {**environ, "PATH_INFO": "/dashboard/index.html"}
+            return self.files(environ, start_response)
+        return self.app(environ, start_response)
+
+
+def _not_published(environ, start_response):
+    body = b"not found: the dashboard is written by the first drift refresh (a few seconds after start)\n"
+    start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def shared_control_plane(settings: Settings):

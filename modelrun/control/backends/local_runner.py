@@ -41,7 +41,8 @@ class LocalRunner:
 
     def start(self, rev: Revision, features: list[str]) -> Started:
         bundle = Path(rev.artifact)
-        model = bundle / read_manifest(bundle)["model"]
+        manifest = read_manifest(bundle)
+        model = bundle / manifest["model"]
         port = _port(rev.endpoint)
         for folder in (self.settings.logs_dir, self.settings.run_dir, self.settings.journal_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,8 @@ class LocalRunner:
             "MODELRUN_FEATURE_NAMES": ",".join(features),
             "MODELRUN_JOURNAL_DIR": str(self.settings.journal_dir / f"{rev.name}-r{rev.revision}"),
             "MODELRUN_HOME": str(self.settings.home_dir),
+            "MODELRUN_TRAINING_DATA": str(bundle / manifest["training_data"]),
+            "MODELRUN_REFERENCE_ROWS": str(self.settings.drift_sample_rows),
         }
         for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
             if rev.config.get(key) is not None:
