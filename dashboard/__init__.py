@@ -1,0 +1,1 @@
+"""Static files of the drift dashboard, shipped as package data."""
