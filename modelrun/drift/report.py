@@ -37,7 +37,7 @@ def build_report(*, deployment: str, revision: int | None, window: dict, profile
         override = config.override(_plain(ref.name))
         if not override.monitor:
             continue
-        entry = column_entry(ref, agg.columns[ref.name], agg, profile.rows, config, enough)
+        entry = column_entry(ref, agg.columns[ref.name], agg, config, enough)
         (outputs if ref.name.startswith(OUTPUT_PREFIX) else features).append(entry)
     tested = [e for e in features + outputs if e["score"] is not None]
     drifted = [e["name"] for e in tested if e["drifted"]]
@@ -93,8 +93,7 @@ def reference_column(ref: ColumnProfile) -> stattests.Column:
     return stattests.Column(kind="categorical", n=ref.n, counts=ref.counts)
 
 
-def column_entry(ref: ColumnProfile, agg: ColumnAggregate, window: Aggregate, reference_rows: int,
-                 config: DriftConfig, enough: bool) -> dict:
+def column_entry(ref: ColumnProfile, agg: ColumnAggregate, window: Aggregate, config: DriftConfig, enough: bool) -> dict:
     name = _plain(ref.name)
     entry = {"name": name, "type": ref.kind, "test": None, "test_title": None, "score": None,
              "threshold": None, "drifted": False,
@@ -120,7 +119,7 @@ def column_entry(ref: ColumnProfile, agg: ColumnAggregate, window: Aggregate, re
         return entry
     override = config.override(name)
     test = stattests.get_test(override.test or methods.choose_test(
-        config.method, ref.kind, reference_rows, _distinct(reference, current)))
+        config.method, ref.kind, reference.n, _distinct(reference, current)))
     threshold = override.threshold if override.threshold is not None else test.threshold
     score = float(test.fn(reference, current))
     entry.update(test=test.name, test_title=test.title, score=score if math.isfinite(score) else None,
