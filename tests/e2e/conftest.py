@@ -36,8 +36,9 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 class Stack:
     """One `modelrun up` and the environment a user's shell would have to talk to it."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
         self.home = home
+        self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.log = home.parent / f"{home.name}-up.log"
@@ -50,7 +51,7 @@ class Stack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELRUN_")}
         return env | {"MODELRUN_HOME": str(self.home), "MODELRUN_API": self.api, "PYTHONUNBUFFERED": "1",
-                      "COLUMNS": "200"}
+                      "COLUMNS": "200"} | self.extra_env
 
     @property
     def bucket(self) -> Path:
