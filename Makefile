@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup protos protos-check test bench demo clean
+.PHONY: setup protos protos-check test bench bench-drift demo clean
 
 setup: $(VENV)/.installed
 
@@ -30,9 +30,14 @@ test: setup protos-check
 bench: setup
 	$(PY) bench/serving.py
 
-# Trains a small model on a synthetic dataset, runs `modelrun up`, deploys, predicts, stops.
+# Drift: a full refresh over 1M logged rows (SQLite, MariaDB), an incremental one, and Evidently in memory.
+bench-drift: setup
+	$(PY) bench/drift.py
+
+# Trains a small model on a synthetic dataset, runs `modelrun up`, deploys, predicts, shows drift, stops
+# (`make demo ARGS=--keep` leaves the stack running to open the dashboard).
 demo: setup
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -8,8 +8,11 @@
 2. Starts `modelrun up` (the local control plane) on a free port with a temporary MODELRUN_HOME.
 3. Deploys the model with `modelrun deploy --wait` (progress by stage), sends traffic with
    `modelrun predict`, and shows the deployment with `modelrun get`.
-4. Stops everything it started, also on Ctrl-C or an error; `--keep` leaves the temporary folder
-   (model, data, database, bucket, logs) for you to look at.
+4. Sends more traffic: 300 houses like the training data, then 300 newer, bigger flats (area +50%),
+   waits for `modelrun up`'s drift refresh, and prints `modelrun drift` (area drifted, the other features
+   not; the predicted price moves with it) and the dashboard's URL.
+5. Stops everything it started, also on Ctrl-C or an error; `--keep` leaves the stack running (and the
+   temporary folder: model, data, database, bucket, logs) so you can open the dashboard.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def modelrun(env: dict, *args: str, input: str | None = None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (model, data, state)")
+    parser.add_argument("--keep", action="store_true", help="leave `modelrun up` running and keep its folder, to "
+                        "look at the dashboard; stop it later with the command printed at the end")
     keep = parser.parse_args().keep
     work = Path(tempfile.mkdtemp(prefix="modelrun-demo-"))
     up: subprocess.Popen | None = None
@@ -143,7 +147,7 @@ def main() -> int:
         port, home = free_port(), work / "home"
         url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELRUN_")}
-        env |= {"MODELRUN_HOME": str(home), "MODELRUN_API": url}
+        env |= {"MODELRUN_HOME": str(home), "MODELRUN_API": url, "MODELRUN_DRIFT_INTERVAL": "5"}
         say(f"\n2. Starting the local control plane: modelrun up --port {port}   (MODELRUN_HOME={home})")
         log = work / "up.log"
         with open(log, "wb") as out:
@@ -170,13 +174,30 @@ def main() -> int:
             say(f"\n   Every prediction is logged for drift monitoring: {logged[0]} requests, {logged[1]} rows "
                 f"in the `predictions` table of {home / 'modelrun.db'}")
 
+        say("\n6. Drift: production traffic against the training data")
+        say("   300 more houses like the training data, then 300 newer, bigger flats (area +50%) ...")
+        sent = send_traffic(env, url, home, synthetic_houses(300, seed=7))
+        shifted = synthetic_houses(300, seed=8)
+        shifted["area"] = (shifted["area"] * 1.5).round(1)
+        sent += send_traffic(env, url, home, shifted)
+        say(f"   sent {sent} rows; `modelrun up` refreshes drift every 5 s here (60 s by default) ...")
+        wait_for_drift(home / "dashboard" / "data" / "index.json", "houses", rows=sent + 7)
+        modelrun(env, "drift", "houses", "--window", "all")
+        say("   area is marked ✖ (drifted); rooms, age and city are not. The model's output, price, moves with")
+        say("   area: prediction drift is monitored like a feature.")
+
         say("\nWhere to look next")
+        say(f"  dashboard     {url}/dashboard/  (per-feature histograms, scores, drift over time; no token)")
         say(f"  API           {url}  (OpenAPI: {url}/openapi.yaml; token in {home / 'token'})")
         say(f"  bucket folder {home / 'bucket'}  (a folder with a modelrun.json manifest deploys itself)")
         say(f"  state         {home}  (SQLite database, model bundles, logs)")
-        if not keep:
-            say("                (removed when the demo ends: run it with --keep to look around afterwards)")
-        say("  commands      .venv/bin/modelrun --help   (up, deploy, list, get, update, delete, predict)")
+        if keep:
+            say(f"  still running `modelrun up` (pid {up.pid}); stop it with: kill {up.pid}")
+            say(f"                then remove {work} when done. From another shell:")
+            say(f"                export MODELRUN_HOME={home} MODELRUN_API={url}")
+        else:
+            say("                (stopped and removed when the demo ends: run `make demo ARGS=--keep` to look around)")
+        say("  commands      .venv/bin/modelrun --help   (up, deploy, list, get, update, delete, predict, drift, dashboard)")
         say("  yourself      .venv/bin/modelrun up   # then, in another terminal:")
         say("                .venv/bin/modelrun deploy NAME --model FILE.keras --training-data FILE.csv --wait")
         return 0
@@ -184,7 +205,7 @@ def main() -> int:
         say("\ninterrupted")
         return 130
     finally:
-        if up is not None and up.poll() is None:
+        if up is not None and up.poll() is None and not keep:
             say("\nStopping modelrun up and the model server it started ...")
             up.send_signal(signal.SIGTERM)
             try:
@@ -196,6 +217,31 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
         say("done.")
+
+
+def send_traffic(env: dict, url: str, home: Path, frame, per_request: int = 10) -> int:
+    """Predict `frame` in requests of `per_request` rows through the Python client; returns rows sent."""
+    from modelrun.client import Client
+
+    rows = json.loads(frame_rows(frame))
+    with Client(api=url, token=(home / "token").read_text().strip()) as client:
+        for start in range(0, len(rows), per_request):
+            client.predict("houses", rows[start:start + per_request])
+    return len(rows)
+
+
+def wait_for_drift(index: Path, name: str, rows: int, timeout: float = 60) -> None:
+    """Until the dashboard's index says the drift refresh counted `rows` production rows of `name`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = {d["name"]: d for d in json.loads(index.read_text())["deployments"]}
+            if found.get(name, {}).get("rows", 0) >= rows:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the drift refresh did not count {rows} rows within {timeout:.0f}s (see {index})")
 
 
 def logged_predictions(database: Path, name: str, at_least: int, timeout: float = 10) -> tuple[int, int] | None:
