@@ -95,11 +95,18 @@ class Journal:
 def _parse(line: bytes) -> dict:
     row = orjson.loads(line)
     row["ts"] = datetime.fromisoformat(row["ts"])
+    row.setdefault("part", 0)  # journaled before requests came in pieces: a whole request
     return row
 
 
+# Journal text handed to one `insert` call at most (unless one line is larger): rows may be pieces of
+# up to MAX_PIECE_BYTES each, and `chunk` of those at once would be gigabytes of memory.
+CHUNK_BYTES = 64 * 1024 * 1024
+
+
 def read_rows(path: Path, chunk: int, insert: Callable[[list[dict]], None]) -> tuple[int, int] | None:
-    """Feed the rows of one journal file to `insert` in chunks, then delete the file.
+    """Feed the rows of one journal file to `insert` in chunks (of `chunk` rows or CHUNK_BYTES of text),
+    then delete the file.
 
     Returns (rows, unreadable lines), or None when the file is gone or a live process holds it. An
     exception from `insert` leaves the file in place for the next attempt. The last line of a file
@@ -116,7 +123,7 @@ def read_rows(path: Path, chunk: int, insert: Callable[[list[dict]], None]) -> t
             return None
         if os.fstat(handle.fileno()).st_nlink == 0:  # another replayer finished it first
             return None
-        total = bad = 0
+        total = bad = size = 0
         rows: list[dict] = []
         for line in handle:
             try:
@@ -124,9 +131,10 @@ def read_rows(path: Path, chunk: int, insert: Callable[[list[dict]], None]) -> t
             except (ValueError, KeyError, TypeError):
                 bad += 1
                 continue
-            if len(rows) >= chunk:
+            size += len(line)
+            if len(rows) >= chunk or size >= CHUNK_BYTES:
                 insert(rows)
-                total, rows = total + len(rows), []
+                total, rows, size = total + len(rows), [], 0
         if rows:
             insert(rows)
             total += len(rows)

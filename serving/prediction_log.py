@@ -1,10 +1,11 @@
-"""The prediction log writer: every ModelInfer request becomes one row in `predictions`, nothing is lost.
+"""The prediction log writer: every ModelInfer request becomes a row in `predictions`, nothing is lost.
 
 `log()` runs on the request path: it only samples and appends an entry to a bounded in-memory queue. An
 entry is one request (`PredictionRecord`) or, as the server logs them, one model call's requests
 (`PredictionBatch`). A background thread turns queued entries into rows (all JSON encoding happens
-there) and writes about `batch_rows` rows at a time as multi-row INSERTs in one transaction (group
-commit). When the database fails, the failed batch and every later one go to a local journal (JSON
+there; a request too large for one row becomes several "pieces", see `modelrun.db.predictions`) and
+writes about `batch_rows` requests at a time as multi-row INSERTs in one transaction (group commit).
+When the database fails, the failed batch and every later one go to a local journal (JSON
 lines, fsync'd per batch) while the thread probes the database with backoff; when it answers again the
 journal is replayed in chunks and the replayed files are deleted. Inserts skip an existing (deployment,
 request_id), so a replay that is interrupted or repeated never makes a second row. A full queue spills
@@ -29,7 +30,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
-from modelrun.db.predictions import encode_row, insert_ignoring_duplicates, predictions, row_of
+from modelrun.db.predictions import encode_rows, insert_ignoring_duplicates, predictions, rows_of
 from serving.prediction_journal import Journal, read_rows
 
 log = logging.getLogger("modelrun.predictions")
@@ -55,7 +56,7 @@ class PredictionRecord:
     size = 1  # requests
 
     def rows(self) -> list[dict]:
-        return [row_of(self)]
+        return rows_of(self)
 
 
 # Request ids (40 hex digits): this process's prefix (start time in seconds, then 64 random bits), the
@@ -87,8 +88,8 @@ class PredictionBatch:
             (client_id, arrived, latency, _), = self.requests
             if self.kept is not None and not self.kept[0]:
                 return []
-            return [encode_row(self.deployment, self.revision, f"{prefix}0000", client_id, arrived,
-                               self.features, self.outputs, latency)]
+            return encode_rows(self.deployment, self.revision, f"{prefix}0000", client_id, arrived,
+                               self.features, self.outputs, latency)
         rows, start = [], 0
         features, outputs = self.features.items(), self.outputs.items()
         for index, (client_id, arrived, latency, count) in enumerate(self.requests):
@@ -96,9 +97,9 @@ class PredictionBatch:
             if self.kept is not None and not self.kept[index]:
                 start = end
                 continue
-            rows.append(encode_row(self.deployment, self.revision, f"{prefix}{index:04x}", client_id, arrived,
-                                   {name: array[start:end] for name, array in features},
-                                   {name: array[start:end] for name, array in outputs}, latency))
+            rows.extend(encode_rows(self.deployment, self.revision, f"{prefix}{index:04x}", client_id, arrived,
+                                    {name: array[start:end] for name, array in features},
+                                    {name: array[start:end] for name, array in outputs}, latency))
             start = end
         return rows
 

@@ -1,11 +1,13 @@
 """SQL for every modelrun program: one pooled SQLAlchemy engine per process, one shared MetaData.
 
 The tables live in their own modules (`predictions`, and the control plane's) and register on
-`metadata`; `create_schema` creates whatever is missing and is safe to run from many processes.
+`metadata`; `create_schema` creates whatever is missing (tables, and columns added to a table since it
+was created: `migrate`) and is safe to run from many processes.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 metadata = sa.MetaData()
+log = logging.getLogger("modelrun.db")
 
 # Drivers we ship; a bare dialect in a URL gets ours.
 _DEFAULT_DRIVERS = {"mysql": "mysql+pymysql", "mariadb": "mysql+pymysql", "postgresql": "postgresql+pg8000"}
@@ -73,8 +76,54 @@ def _sqlite_pragmas(dbapi_connection, busy_ms: int) -> None:
 
 
 def create_schema(engine: sa.Engine) -> None:
-    """Create missing tables. Two processes racing here is fine: the loser sees the tables exist."""
+    """Create missing tables, then add missing columns to existing ones (`migrate`). Two processes
+    racing here is fine: the loser sees the tables and columns exist."""
+    for attempt in range(5):  # each attempt creates what is still missing; a racer may take a table first
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            break
+        except sa.exc.DatabaseError:
+            if attempt == 4:
+                raise
+    migrate(engine)
+
+
+def migrate(engine: sa.Engine) -> list[str]:
+    """Add the columns a table created by an earlier version lacks, with ALTER TABLE ... ADD COLUMN, on
+    SQLite, MySQL/MariaDB and PostgreSQL. Returns the `table.column`s this call added.
+
+    Only additive changes: a new column must be nullable or have a server default (existing rows get it);
+    one that is neither is logged as an error and left out.
+    Each is cheap on a large table: SQLite only rewrites the schema text, MariaDB 10.3+ / MySQL 8.0.12+
+    add a last column instantly, PostgreSQL 11+ stores a constant default without rewriting rows.
+    Idempotent; when another process adds the same column first, our ALTER fails, we look again, and
+    the column being there is success.
+    """
+    missing = []
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        existing = set(inspector.get_table_names())
+        for table in metadata.sorted_tables:
+            if table.name in existing:
+                present = {column["name"] for column in inspector.get_columns(table.name)}
+                missing += [(table, column) for column in table.columns if column.name not in present]
+    return [f"{table.name}.{column.name}" for table, column in missing if _add_column(engine, table, column)]
+
+
+def _add_column(engine: sa.Engine, table: sa.Table, column: sa.Column) -> bool:
+    """ALTER TABLE ADD COLUMN; True when this call added it, False when someone else had."""
+    if not column.nullable and column.server_default is None:
+        log.error("cannot add %s.%s to the existing table: NOT NULL without a server default (a schema change "
+                  "this function does not make)", table.name, column.name)
+        return False
+    preparer = engine.dialect.identifier_preparer
+    ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
     try:
-        metadata.create_all(engine, checkfirst=True)
+        with engine.begin() as conn:  # its own transaction: PostgreSQL's DDL is transactional
+            conn.exec_driver_sql(f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {ddl}")
+        return True
     except sa.exc.DatabaseError:
-        metadata.create_all(engine, checkfirst=True)
+        with engine.connect() as conn:
+            if column.name in {c["name"] for c in sa.inspect(conn).get_columns(table.name)}:
+                return False  # a racing process added it
+        raise

@@ -3,11 +3,20 @@
 Features and outputs are stored as columnar JSON text, `{"age": [31, 45], "city": ["Oslo", "Rome"]}`
 (one list per feature, one element per row of the request's batch). `encode_columns` turns the
 server's numpy arrays into that text; `read_predictions` turns it back into dicts.
+
+A request too large for one row (its features + outputs text over MAX_PIECE_BYTES) is stored as
+several rows, "pieces", each holding a contiguous slice of the request's rows (features and outputs
+sliced alike): piece k has `part` k and request_id `<request_id>.<k>` (piece 0 keeps the request's
+own id), and every piece repeats the request's ts, client_request_id, revision and latency. So a
+request is a row with part = 0 (`count_predictions`), the request's rows are the sum of batch_size
+over its pieces (`count_rows`), and a piece is as exactly-once as a whole request: (deployment,
+request_id) is unique. Rows written before `part` existed get 0: they are whole requests.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -36,13 +45,28 @@ predictions = sa.Table(
     sa.Column("features", _LONGTEXT, nullable=False),
     sa.Column("outputs", _LONGTEXT, nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
+    # Which piece of its request this row is (0: the first or only one). NOT NULL with a server default,
+    # so a server of an earlier version, which does not name the column, still writes whole requests
+    # as part 0; `modelrun.db.migrate` adds it to a table created before it existed.
+    sa.Column("part", sa.Integer, nullable=False, default=0, server_default=sa.text("0")),
     sa.UniqueConstraint("deployment", "request_id", name="uq_predictions_deployment_request"),
     sa.Index("ix_predictions_deployment_ts", "deployment", "ts"),
     mysql_charset="utf8mb4",  # any text a client sends (a server default of utf8mb3 refuses emoji)
 )
 
 COLUMNS = ("deployment", "revision", "request_id", "client_request_id", "ts", "batch_size", "features",
-           "outputs", "latency_ms")
+           "outputs", "latency_ms", "part")
+
+# The most features + outputs JSON text (UTF-8 bytes) one row holds; a larger request is split into pieces.
+# Why 4 MiB: a row must fit in one statement, and MariaDB refuses (drops the connection on) a statement
+# larger than max_allowed_packet, 16 MiB by default (MySQL 8.0: 64 MiB; Cloud SQL lets it be set, up to
+# 1 GiB). PyMySQL quotes text by backslash-escaping `"` and `\`, which can at worst double JSON text (a
+# string feature full of quotes); 2 x 4 MiB plus the other columns stays well under 16 MiB.
+# PyMySQL packs an executemany's rows into statements of about 1 MB (Cursor.max_stmt_length) and sends
+# a row larger than that alone, so many big rows never add up in one statement. PostgreSQL (1 GiB per
+# value) and SQLite (1e9 bytes per value) allow more; one limit for all keeps rows alike everywhere.
+# (MySQL 5.7's default max_allowed_packet, 4 MiB, needs a smaller value here.)
+MAX_PIECE_BYTES = 4 * 1024 * 1024
 
 
 # ---- encoding -------------------------------------------------------------------------------------
@@ -109,19 +133,111 @@ def _text(value, limit: int) -> str:
 
 def encode_row(deployment: str, revision: int, request_id: str, client_request_id: str, ts: datetime,
                features: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_ms: float) -> dict:
-    """One request as a row (without id). Strings are cut to fit their column."""
+    """One request as one row (without id), however large. Strings are cut to fit their column."""
+    return _row(deployment, revision, request_id, client_request_id, ts, batch_size_of(features),
+                encode_columns(features), encode_columns(outputs), latency_ms, 0)
+
+
+def _row(deployment: str, revision: int, request_id: str, client_request_id: str, ts: datetime, batch_size: int,
+         features_text: str, outputs_text: str, latency_ms: float, part: int) -> dict:
     latency = float(latency_ms)
     return {"deployment": _text(deployment, 63), "revision": int(revision),
             "request_id": _text(request_id, 64), "client_request_id": _text(client_request_id or "", 256),
-            "ts": utc_naive(ts), "batch_size": batch_size_of(features),
-            "features": encode_columns(features), "outputs": encode_columns(outputs),
-            "latency_ms": latency if math.isfinite(latency) else -1.0}
+            "ts": utc_naive(ts), "batch_size": batch_size, "features": features_text, "outputs": outputs_text,
+            "latency_ms": latency if math.isfinite(latency) else -1.0, "part": part}
 
 
 def row_of(r) -> dict:
-    """A `serving.prediction_log.PredictionRecord` as a row (without id)."""
+    """A `serving.prediction_log.PredictionRecord` as one row (without id), however large."""
     return encode_row(r.deployment, r.revision, r.request_id, r.client_request_id, r.ts, r.features, r.outputs,
                       r.latency_ms)
+
+
+def rows_of(r) -> list[dict]:
+    """A `serving.prediction_log.PredictionRecord` as rows: one, or its pieces when it is too large."""
+    return encode_rows(r.deployment, r.revision, r.request_id, r.client_request_id, r.ts, r.features, r.outputs,
+                       r.latency_ms)
+
+
+def encode_rows(deployment: str, revision: int, request_id: str, client_request_id: str, ts: datetime,
+                features: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_ms: float, *,
+                limit: int | None = None) -> list[dict]:
+    """One request as rows (without id): one row, or pieces of at most `limit` (default MAX_PIECE_BYTES)
+    bytes of features + outputs text each, when the request is larger (see the module docstring).
+
+    A small request costs what `encode_row` costs plus two length checks: it is encoded once, and split
+    only when its text turns out too long, or when it surely would be (every value takes at least two
+    bytes of JSON, `0,`), in which case the whole request is never encoded in one piece. One row of a
+    request that is alone over the limit stays one row (rows are not cut); so does a request whose
+    arrays do not all have the same first dimension (there is no common row to cut at).
+    """
+    limit = MAX_PIECE_BYTES if limit is None else limit
+    n = batch_size_of(features)
+    if 2 * n * (len(features) + len(outputs)) <= limit:  # the hot path: may fit, encode it whole
+        features_text, outputs_text = encode_columns(features), encode_columns(outputs)
+        size = len(features_text) + len(outputs_text)  # characters; UTF-8 takes at most 4 bytes for one
+        if 4 * size > limit:
+            size = _utf8_len(features_text) + _utf8_len(outputs_text)
+        if size <= limit or n < 2 or not _sliceable(n, features, outputs):
+            return [_row(deployment, revision, request_id, client_request_id, ts, n, features_text, outputs_text,
+                         latency_ms, 0)]
+        row_bytes = size / n
+    elif not _sliceable(n, features, outputs):
+        return [encode_row(deployment, revision, request_id, client_request_id, ts, features, outputs, latency_ms)]
+    else:
+        row_bytes = 0.0  # unknown yet: the first piece measures it
+    return [_row(deployment, revision, piece_id(request_id, part), client_request_id, ts, end - start,
+                 features_text, outputs_text, latency_ms, part)
+            for part, (start, end, features_text, outputs_text) in
+            enumerate(_pieces(n, features, outputs, limit, row_bytes))]
+
+
+def piece_id(request_id: str, part: int) -> str:
+    """The request_id of a request's piece `part`: the request's own id for piece 0, `<id>.<part>` after.
+
+    An id too long for the suffix to fit in 64 characters is replaced by a digest of it (40 hex digits),
+    rather than cut: two long ids that share a beginning must not share their pieces' ids.
+    """
+    if part == 0:
+        return request_id
+    suffix = f".{part}"
+    base = request_id.replace("\x00", "")
+    if len(base) + len(suffix) > 64:
+        base = hashlib.blake2b(base.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+    return base + suffix
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))  # isascii is O(1)
+
+
+def _sliceable(n: int, features: dict, outputs: dict) -> bool:
+    return all(np.ndim(a) >= 1 and np.shape(a)[0] == n for a in (*features.values(), *outputs.values()))
+
+
+def _pieces(n: int, features: dict, outputs: dict, limit: int, row_bytes: float):
+    """(start, end, features text, outputs text) of consecutive slices covering rows 0..n, each slice's
+    text at most `limit` bytes (unless it is a single row). Each slice is sized from the bytes per row
+    measured so far, aiming at 7/8 of the limit; one that comes out too long is encoded again, smaller."""
+    target = limit * 7 // 8
+    start = 0
+    while start < n:
+        if row_bytes > 0:
+            count = int(target / row_bytes)
+        else:  # a first guess that is small rather than too large: about 24 bytes per value at most
+            count = target // (24 * sum(max(1, int(np.size(a)) // n) for a in (*features.values(), *outputs.values())))
+        count = max(1, min(n - start, count))
+        while True:
+            end = start + count
+            features_text = encode_columns({name: a[start:end] for name, a in features.items()})
+            outputs_text = encode_columns({name: a[start:end] for name, a in outputs.items()})
+            size = _utf8_len(features_text) + _utf8_len(outputs_text)
+            if size <= limit or count == 1:
+                break
+            count = max(1, min(count - 1, int(count * target / size)))
+        yield start, end, features_text, outputs_text
+        row_bytes = size / count
+        start = end
 
 
 # ---- writing --------------------------------------------------------------------------------------
@@ -132,16 +248,26 @@ def insert_ignoring_duplicates(conn: sa.Connection, rows: Sequence[dict]) -> int
 
     SQLite gets multi-row `INSERT ... VALUES (..), (..) ON CONFLICT DO NOTHING` statements with plain
     parameters (an executemany would step, and let go of the GIL, once per row); PyMySQL rewrites an
-    executemany into one multi-row `INSERT IGNORE ... VALUES (..), (..)`. pg8000 would send one
-    round trip per row, so PostgreSQL gets the whole batch as one JSON parameter, expanded server-side
-    by json_to_recordset (about ten times less Python per row than a multi-row VALUES).
+    executemany into multi-row `INSERT IGNORE ... VALUES (..), (..)` statements. pg8000 would send one
+    round trip per row, so PostgreSQL gets the batch as one JSON parameter, expanded server-side by
+    json_to_recordset (about ten times less Python per row than a multi-row VALUES).
     Returns the number of rows actually inserted (duplicates excluded), as the driver reports it.
+
+    Statement sizes, with rows of up to MAX_PIECE_BYTES of text each (checked in PyMySQL 2.2 and
+    SQLAlchemy 2.1): SQLAlchemy hands a MySQL executemany without RETURNING to the driver as it is
+    (no "insertmanyvalues" for MySQL then), and PyMySQL starts a new statement whenever the next row
+    would take the current one past Cursor.max_stmt_length (1,024,000 bytes), so a statement is about
+    1 MB, or one big row alone. PostgreSQL's JSON parameter is cut at _PG_STATEMENT_BYTES of row text.
+    SQLite binds each value separately (SQLITE_MAX_LENGTH, 1e9 bytes, is per value, not per statement).
     """
     if not rows:
         return 0
     name = conn.dialect.name
     if name == "postgresql":
-        result = conn.execute(_PG_INSERT, {"batch": orjson.dumps(list(rows)).decode()})
+        inserted = 0
+        for chunk in _chunks_of_text(rows, _PG_STATEMENT_BYTES):
+            inserted += max(conn.execute(_PG_INSERT, {"batch": orjson.dumps(chunk).decode()}).rowcount, 0)
+        return inserted
     elif name == "sqlite":
         return _sqlite_insert(conn, rows)
     elif name in ("mysql", "mariadb"):
@@ -149,6 +275,21 @@ def insert_ignoring_duplicates(conn: sa.Connection, rows: Sequence[dict]) -> int
     else:
         raise NotImplementedError(f"prediction log: unsupported database {name!r} (sqlite, mysql, postgresql)")
     return max(result.rowcount, 0)
+
+
+def _chunks_of_text(rows: Sequence[dict], limit: int) -> Iterator[list[dict]]:
+    """`rows` in consecutive chunks of at most `limit` characters of features + outputs (at least one row
+    each). The common batch of small rows is one chunk."""
+    chunk, size = [], 0
+    for row in rows:
+        length = len(row["features"]) + len(row["outputs"])
+        if chunk and size + length > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += length
+    if chunk:
+        yield chunk
 
 
 def _pg_insert() -> sa.Insert:
@@ -182,7 +323,11 @@ def _sqlite_statement(rows: int) -> str:
             "ON CONFLICT (deployment, request_id) DO NOTHING")
 
 
-_SQLITE_CHUNK = 100  # rows per statement: 900 parameters, under SQLite's oldest limit of 999
+_SQLITE_CHUNK = 999 // len(COLUMNS)  # rows per statement: parameters under SQLite's oldest limit of 999
+# Row text per PostgreSQL statement. orjson escapes the JSON text inside the batch's JSON (`"` -> `\"`), at
+# worst doubling it, and characters may take up to 4 bytes: still far from PostgreSQL's 1 GiB per value,
+# and a bounded amount of memory for the server to parse at once. A single larger row goes alone.
+_PG_STATEMENT_BYTES = 32 * 1024 * 1024
 _TS_FROM_END = COLUMNS.index("ts") - len(COLUMNS)
 _MYSQL_INSERT = sa.insert(predictions).prefix_with("IGNORE")
 _PG_INSERT = _pg_insert()
@@ -191,15 +336,29 @@ _PG_INSERT = _pg_insert()
 # ---- reading --------------------------------------------------------------------------------------
 
 def count_predictions(engine: sa.Engine, deployment: str) -> int:
+    """Requests logged for `deployment` (a request stored in pieces counts once: its part 0)."""
     with engine.connect() as conn:
-        query = sa.select(sa.func.count()).select_from(predictions).where(predictions.c.deployment == deployment)
+        query = (sa.select(sa.func.count()).select_from(predictions)
+                 .where(predictions.c.deployment == deployment, predictions.c.part == 0))
+        return int(conn.execute(query).scalar_one())
+
+
+def count_rows(engine: sa.Engine, deployment: str) -> int:
+    """Rows of the requests logged for `deployment`: the sum of batch_size over every row and piece."""
+    with engine.connect() as conn:
+        query = (sa.select(sa.func.coalesce(sa.func.sum(predictions.c.batch_size), 0))
+                 .where(predictions.c.deployment == deployment))
         return int(conn.execute(query).scalar_one())
 
 
 def read_predictions(engine: sa.Engine, deployment: str, *, since: datetime | None = None,
                      after_id: int | None = None, limit: int | None = None) -> list[dict]:
     """Rows of one deployment in id order, with `features`/`outputs` decoded and `ts` as aware UTC.
-    `since` filters on ts (>=); `after_id` lets a reader resume from a watermark."""
+    `since` filters on ts (>=); `after_id` lets a reader resume from a watermark.
+
+    A large request comes as several rows, its pieces (see the module docstring): part 0 with the
+    request's id R, then parts 1, 2, ... with ids R.1, R.2, ..., written in that order (other requests'
+    rows may come between them). Count requests as rows with part 0, rows of data by batch_size."""
     return list(iter_predictions(engine, deployment, since=since, after_id=after_id, limit=limit))
 
 

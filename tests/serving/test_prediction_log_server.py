@@ -2,7 +2,8 @@
 
 Each answered ModelInfer request must become exactly one row, with its features under the names from
 MODELRUN_FEATURE_NAMES; through a database outage under load; and through SIGTERM under load (rows
-still in the journal then are replayed by the next server on the same journal folder).
+still in the journal then are replayed by the next server on the same journal folder). A request too
+large for one row becomes several (pieces), within MariaDB's default packet limit.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import threading
 import uuid
 
 import numpy as np
+import orjson
 import pytest
 import tritonclient.grpc as triton
 
 from modelrun.db import create_schema, make_engine
-from modelrun.db.predictions import count_predictions, read_predictions
+from modelrun.db.predictions import MAX_PIECE_BYTES, count_predictions, count_rows, iter_predictions, read_predictions
+from tests.conftest import fresh_database_url
 from tests.serving.conftest import start_server
 from tests.serving.dbfault import Outage
 from tests.util import wait_until
@@ -246,3 +249,54 @@ def test_concurrent_requests_to_a_model_with_named_inputs_each_log_their_own_val
         assert set(row["outputs"]) == {"price", "expensive"}
         assert row["outputs"]["price"] == pytest.approx(want["price"][:, 0].tolist(), rel=1e-5)
     engine.dispose()
+
+
+def test_a_request_of_200000_rows_by_30_features_reaches_mariadb_with_its_default_settings(tmp_path):
+    """About 70 MB of JSON in one request, against a 16 MiB max_allowed_packet: stored in pieces, every
+    row of it, none set aside in a rejected-* journal file."""
+    from tests.serving import models
+
+    url, drop = fresh_database_url("mariadb", tmp_path)
+    engine = make_engine(url)
+    journal = tmp_path / "journal"
+    try:
+        with engine.connect() as conn:
+            packet = int(conn.exec_driver_sql("SELECT @@GLOBAL.max_allowed_packet").scalar_one())
+        assert packet <= 16 * 1024 * 1024, f"max_allowed_packet is {packet}: not MariaDB's default, proves nothing"
+        model = models.save_dtype_model(tmp_path / "model", "FP32", width=30)  # x: FP32 [-1, 30] -> y [-1, 1]
+        x = np.random.default_rng(11).normal(0, 1, (200_000, 30)).astype(np.float32)
+        env = {"MODELRUN_DATABASE_URL": url, "MODELRUN_JOURNAL_DIR": str(journal), "MODELRUN_LOG_SAMPLE_RATE": "1.0"}
+        with start_server(model, "wide", env=env) as server:
+            client = triton.InferenceServerClient(server.address)
+            tensor = triton.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            y = client.infer("wide", [tensor], request_id="large", client_timeout=120).as_numpy("y")
+            client.close()
+            assert y.shape == (200_000, 1)
+            wait_until(lambda: count_rows(engine, "wide") == 200_000, timeout=120, what="the request's 200,000 rows")
+        assert not list(journal.glob("*.jsonl")), [path.name for path in journal.glob("*.jsonl")]  # none rejected-*
+        assert "the database refused" not in server.log() and ", 0 refused" in server.log()
+        assert count_predictions(engine, "wide") == 1
+
+        start = 0
+        pieces = list(iter_predictions(engine, "wide"))  # one piece's values at a time would do; 70 MB is fine
+        assert len(pieces) > 1 and [p["part"] for p in pieces] == list(range(len(pieces)))
+        base = pieces[0]["request_id"]
+        assert len(base) == 40 and [p["request_id"] for p in pieces[1:]] == [f"{base}.{k}" for k in
+                                                                                 range(1, len(pieces))]
+        for piece in pieces:
+            assert piece["client_request_id"] == "large" and piece["ts"] == pieces[0]["ts"]
+            end = start + piece["batch_size"]
+            assert list(piece["features"]) == [f"x_{i}" for i in range(30)]
+            sent = np.column_stack([np.array(piece["features"][f"x_{i}"], np.float32) for i in range(30)])
+            assert np.array_equal(sent, x[start:end])  # every value, not only the first and last rows
+            assert np.array_equal(np.array(piece["outputs"]["y"], np.float32), y[start:end, 0])
+            text = len(orjson.dumps(piece["features"])) + len(orjson.dumps(piece["outputs"]))
+            assert text <= MAX_PIECE_BYTES
+            start = end
+        assert start == 200_000
+        assert pieces[0]["features"]["x_0"][0] == pytest.approx(float(x[0, 0]))
+        assert pieces[-1]["features"]["x_29"][-1] == pytest.approx(float(x[-1, 29]))
+    finally:
+        engine.dispose()
+        drop()
