@@ -71,9 +71,12 @@ class ColumnAggregate:
         self.hist = (np.asarray(self.hist) + np.histogram(inside, bins=edges)[0]).tolist()
         self.below += int((present < edges[0]).sum())
         self.above += int((present > edges[-1]).sum())
-        if self.counts is not None:
+        if self.counts is not None and ref.counts is not None:  # else: many values, counts never needed
             distinct, counts = np.unique(present, return_counts=True)
-            self._merge_counts({float(v): int(c) for v, c in zip(distinct, counts)})
+            if len(distinct) > COUNT_CAP:
+                self.counts = None
+            else:
+                self._merge_counts({float(v): int(c) for v, c in zip(distinct, counts)})
 
     def add_categories(self, raw, ref: ColumnProfile) -> None:
         counts, missing = category_counts(raw, ref.dtype)
@@ -152,7 +155,9 @@ class ColumnAggregate:
     def empty(cls, ref: ColumnProfile) -> ColumnAggregate:
         kind = "numerical" if ref.kind == "numerical" else "categorical"
         hist = [0] * (len(ref.edges) - 1) if kind == "numerical" else None
-        return cls(kind=kind, hist=hist, counts={})
+        # A numerical reference with many distinct values makes any test per-value moot: no counts.
+        counts = None if kind == "numerical" and ref.counts is None else {}
+        return cls(kind=kind, hist=hist, counts=counts)
 
 
 class Aggregate:

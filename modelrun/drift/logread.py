@@ -90,7 +90,9 @@ def decode(rows) -> Chunk:
 
 
 def _columns(docs: list[dict], batch: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-    names = dict.fromkeys(chain.from_iterable(docs))
+    names = dict.fromkeys(docs[0]) if docs else {}
+    extra = set().union(*docs) - names.keys()  # keys of other requests (in C, not a Python loop)
+    names.update(dict.fromkeys(sorted(extra)))
     columns = {}
     for name in names:
         values = _flat(docs, name, batch)
