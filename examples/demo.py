@@ -252,8 +252,8 @@ def logged_predictions(database: Path, name: str, at_least: int, timeout: float 
     while True:
         try:
             with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
-                requests, rows = db.execute("SELECT count(*), coalesce(sum(batch_size), 0) FROM predictions "
-                                            "WHERE deployment = ?", (name,)).fetchone()
+                requests, rows = db.execute("SELECT coalesce(sum(part = 0), 0), coalesce(sum(batch_size), 0) "
+                                            "FROM predictions WHERE deployment = ?", (name,)).fetchone()
         except sqlite3.Error:
             return None
         if requests >= at_least or time.monotonic() > deadline:
