@@ -34,6 +34,7 @@ class Reconciler:
         self.builder = builder
         self.runner = runner
         self.references = references
+        self._reference_tried: set[tuple[str, int]] = set()
         self._lock = threading.Lock()  # one pass at a time in this process
 
     def run_once(self) -> None:
@@ -129,7 +130,12 @@ class Reconciler:
         log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)
 
     def _reference(self, rev: m.Revision) -> None:
-        """A revision that was READY before drift monitoring existed gets its reference now."""
+        """A revision that was READY before drift monitoring existed gets its reference now (one try per
+        process: its training data may be gone)."""
+        key = (rev.name, rev.revision)
+        if key in self._reference_tried:
+            return
+        self._reference_tried.add(key)
         try:
             self.references.ensure(rev, rev.features or [])
         except (ModelrunError, OSError) as exc:

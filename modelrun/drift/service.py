@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from datetime import timedelta
 
 import sqlalchemy as sa
 
@@ -83,9 +84,19 @@ class DriftService:
                     conn.execute(r.insert().values(deployment=target.name, window_id=window, **values))
                 else:
                     conn.execute(r.update().where(where).values(**values))
+            self._forget_old_days(conn, target.name, drift_config(target.config).days, now)
         for payload in alerts:
             if url and _alert_window(payload["window"], now):
                 self.alerter.send(url, payload)
+
+    @staticmethod
+    def _forget_old_days(conn, name: str, days: int, now) -> None:
+        """Daily windows older than the config's `days` leave the reports and the stored aggregates."""
+        first = (now - timedelta(days=days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        r, b = store.reports, store.buckets
+        conn.execute(r.delete().where((r.c.deployment == name) & r.c.window_id.like("____-__-__")
+                                      & (r.c.window_id < first.strftime("%Y-%m-%d"))))
+        conn.execute(b.delete().where((b.c.deployment == name) & (b.c.period == "day") & (b.c.start < first)))
 
 
 def _alert_window(window: dict, now) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -229,3 +230,37 @@ def test_pandas_frames_with_nulls_profile_like_production(sqlite_url):
     assert column(report, "empty")["score"] is None and "no values" in column(report, "empty")["note"]
     assert report["outputs"] == [] and report["prediction"] is None
     assert any("outputs are not monitored" in note for note in report["notes"])
+
+
+class FolderStorage:
+    """The Storage port's publish, into a dict (the dashboard files a refresh writes)."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+
+    def publish(self, path: str, data: bytes, content_type: str) -> None:
+        self.files[path] = data
+
+
+def test_daily_windows_older_than_the_config_days_are_dropped(sqlite_url):
+    from modelrun.drift.service import DriftService
+
+    engine = engine_for(sqlite_url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    save_reference(engine, "houses", 1, houses(500, 0), created=now - timedelta(days=10))
+    for days_ago in (6, 3, 1, 0):
+        log_requests(engine, "houses", 1, houses(120, days_ago), ts=now - timedelta(days=days_ago, minutes=1),
+                     prefix=f"d{days_ago}-")
+    service = DriftService(engine, FolderStorage())
+    deployment = {"name": "houses", "status": "READY", "revision": 1, "serving_revision": 1}
+    kept = service.refresh([deployment | {"config": {"drift": {"days": 30}}}])["houses"]
+    assert len([r for r in kept if r["window"]["kind"] == "day"]) == 4
+
+    trimmed = service.refresh([deployment | {"config": {"drift": {"days": 3}}}])["houses"]
+
+    days = [r["window"]["id"] for r in trimmed if r["window"]["kind"] == "day"]
+    assert days == [(now - timedelta(days=d)).strftime("%Y-%m-%d") for d in (0, 1)]
+    assert window(trimmed, "all")["rows"]["production"] == 480  # the revision's whole life is kept
+    published = json.loads(service.publisher.storage.files["data/deployments/houses.json"])
+    assert [h["id"] for h in published["history"]] == list(reversed(days))
+    assert {"index.html", "app.js", "style.css", "plotly.min.js", "data/index.json"} <= set(service.publisher.storage.files)
