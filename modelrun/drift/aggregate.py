@@ -168,6 +168,7 @@ class Aggregate:
         self.columns = {c.name: ColumnAggregate.empty(c) for c in profile.columns}
         self.numeric = [c.name for c in profile.columns if c.kind == "numerical"]
         # Bounded by bytes too, so one stored aggregate always fits a database packet.
+        self.bounded = bounded
         self.capacity = min(capacity, max(100, RESERVOIR_BYTES // (8 * (1 + len(self.numeric))))) if bounded else capacity
         self.prio = np.empty(0, dtype=np.uint64)
         self.sample = {name: np.empty(0) for name in self.numeric}
@@ -192,11 +193,20 @@ class Aggregate:
         self._keep(prio, numbers)
 
     def _keep(self, prio: np.ndarray, numbers: dict[str, np.ndarray]) -> None:
+        """Keep the `capacity` rows of smallest priority, in priority order (one canonical sample, however
+        the rows arrived)."""
         if not self.numeric:
+            return
+        if not len(self.prio) and len(prio) <= self.capacity and not self.bounded:
+            self.prio, self.sample = prio, {name: numbers[name] for name in self.numeric}  # keeps everything
             return
         prio = np.concatenate([self.prio, prio])
         sample = {name: np.concatenate([self.sample[name], numbers[name]]) for name in self.numeric}
-        order = np.argsort(prio, kind="stable")[:self.capacity]
+        if len(prio) > self.capacity:
+            kept = np.argpartition(prio, self.capacity - 1)[:self.capacity]
+            order = kept[np.argsort(prio[kept], kind="stable")]
+        else:
+            order = np.argsort(prio, kind="stable")
         self.prio = prio[order]
         self.sample = {name: values[order] for name, values in sample.items()}
 

@@ -21,7 +21,7 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig 
     profile = build_profile(reference, columns, limit=len(reference))
     window = Aggregate(profile, capacity=max(len(current), 1), bounded=False)
     rows = np.arange(len(current))
-    window.add(profile, {name: current[name].to_numpy() for name in current.columns},
+    window.add(profile, {name: current[name] for name in current.columns},
                priorities(rows, np.zeros_like(rows)))
     return build_report(deployment="", revision=None, window={"id": "in-memory", "kind": "frames"},
                         profile=profile, agg=window, config=config)

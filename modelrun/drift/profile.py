@@ -114,7 +114,7 @@ def build_profile(frame: pd.DataFrame, columns: list[str] | None = None, *, limi
 def _column(name: str, series: pd.Series, sampled: pd.Series) -> ColumnProfile:
     dtype = dtype_of(series)
     kind = column_kind(series)
-    if dtype == "string" and kind != "numerical":
+    if dtype == "string" and kind != "numerical" and _looks_numeric(series):
         numbers, invalid = values_of(series.to_numpy(dtype=object))
         if _mostly_numbers(series, invalid):  # a numeric column with stray text ("n/a"): numbers + invalid
             return numerical(name, numbers, values_of(sampled.to_numpy(dtype=object))[0], "float", invalid)
@@ -122,6 +122,12 @@ def _column(name: str, series: pd.Series, sampled: pd.Series) -> ColumnProfile:
         numbers, invalid = values_of(series.to_numpy())
         return numerical(name, numbers, values_of(sampled.to_numpy())[0], dtype, invalid)
     return categorical(name, series.to_numpy(dtype=object), dtype, kind)
+
+
+def _looks_numeric(series: pd.Series, probe: int = 200) -> bool:
+    """A cheap first look (the first `probe` non-null values) before coercing a whole text column."""
+    head = series.dropna().head(probe)
+    return len(head) > 0 and pd.to_numeric(head, errors="coerce").notna().mean() >= NUMERIC_SHARE - 0.2
 
 
 def _mostly_numbers(series: pd.Series, invalid: int) -> bool:
@@ -192,9 +198,9 @@ def categorical(name: str, raw: np.ndarray, dtype: str, kind: str = "categorical
 
 
 def category_counts(raw, dtype: str) -> tuple[dict[str, int], int]:
-    """Counts per category key of any values (hashing in pandas, keys made once per distinct value),
-    and how many were missing."""
-    series = pd.Series(np.asarray(raw, dtype=object).reshape(-1))
+    """Counts per category key of any values (a pandas Series is counted as it is, Arrow-backed strings
+    included; hashing in pandas, keys made once per distinct value), and how many were missing."""
+    series = raw if isinstance(raw, pd.Series) else pd.Series(np.asarray(raw, dtype=object).reshape(-1))
     counts: dict[str, int] = {}
     missing = 0
     for value, count in series.value_counts(dropna=False, sort=False).items():

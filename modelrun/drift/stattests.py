@@ -176,7 +176,22 @@ def z(ref: Column, cur: Column) -> float:
 def wasserstein(ref: Column, cur: Column) -> float:
     """First Wasserstein distance in units of the reference's spread: scipy `wasserstein_distance(ref, cur)`
     / max(population std of ref (ddof 0), 0.001)."""
-    return stats.wasserstein_distance(ref.values, cur.values) / max(float(np.std(ref.values)), 0.001)
+    return wasserstein_distance(ref.values, cur.values) / max(float(np.std(ref.values)), 0.001)
+
+
+def wasserstein_distance(u: np.ndarray, v: np.ndarray) -> float:
+    """The first Wasserstein distance of two samples, the integral of |F_u - F_v|, as scipy's
+    `wasserstein_distance` defines it (equal to it up to rounding), in one merge of the sorted samples:
+    a stable sort of two sorted runs costs little more than reading them, where scipy sorts the union and
+    binary-searches it twice. It matters for a million production values."""
+    u, v = np.sort(np.asarray(u, dtype=np.float64)), np.sort(np.asarray(v, dtype=np.float64))
+    both = np.concatenate([u, v])
+    order = np.argsort(both, kind="stable")
+    from_u = order < len(u)
+    steps = np.diff(both[order])
+    u_cdf = np.cumsum(from_u[:-1]) / len(u)
+    v_cdf = np.cumsum(~from_u[:-1]) / len(v)
+    return float(np.dot(np.abs(u_cdf - v_cdf), steps))
 
 
 @_no_drift_when_empty(0.0)
