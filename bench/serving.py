@@ -200,6 +200,13 @@ def measure(servers: list[Server], concurrencies: list[int], reps: int, warmup: 
     return results
 
 
+def drift_section(path: Path) -> str:
+    """The section bench/drift.py keeps in the same file (between its markers), so rewriting the file keeps it."""
+    old = path.read_text() if path.exists() else ""
+    found = re.search(r"<!-- drift-benchmark:start -->.*?<!-- drift-benchmark:end -->\n?", old, re.S)
+    return "\n" + found.group(0) if found else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s rows, concurrency 1 and 8, one rep")
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
            "batching": batching, "runs": results}
     say("\n".join(report.table_lines(doc)))
     if output:
-        Path(output).write_text(report.markdown(doc))
+        Path(output).write_text(report.markdown(doc) + drift_section(Path(output)))
         say(f"wrote {output}")
     if args.json:
         print(json.dumps(doc, indent=2))
