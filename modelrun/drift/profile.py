@@ -200,10 +200,17 @@ def categorical(name: str, raw: np.ndarray, dtype: str, kind: str = "categorical
 def category_counts(raw, dtype: str) -> tuple[dict[str, int], int]:
     """Counts per category key of any values (a pandas Series is counted as it is, Arrow-backed strings
     included; hashing in pandas, keys made once per distinct value), and how many were missing."""
-    series = raw if isinstance(raw, pd.Series) else pd.Series(np.asarray(raw, dtype=object).reshape(-1))
+    if isinstance(raw, pd.Categorical):
+        tally = np.bincount(raw.codes + 1, minlength=len(raw.categories) + 1)  # code -1 (missing) at 0
+        pairs = zip([None, *raw.categories], tally.tolist())
+    else:
+        series = raw if isinstance(raw, pd.Series) else pd.Series(np.asarray(raw, dtype=object).reshape(-1))
+        pairs = series.value_counts(dropna=False, sort=False).items()
     counts: dict[str, int] = {}
     missing = 0
-    for value, count in series.value_counts(dropna=False, sort=False).items():
+    for value, count in pairs:
+        if not count:
+            continue
         key = category_key(value, dtype)
         if key is None:
             missing += int(count)
