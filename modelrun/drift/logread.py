@@ -13,16 +13,13 @@ import contextlib
 import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
 
 import numpy as np
-import orjson
-import pandas as pd
 import sqlalchemy as sa
 
 from modelrun.db.predictions import predictions
 from modelrun.drift.aggregate import priorities
+from modelrun.drift.logdecode import columns_of
 from modelrun.drift.profile import OUTPUT_PREFIX
 
 CHUNK_ROWS = 20_000  # log rows per page: bounded memory whatever the traffic
@@ -55,11 +52,7 @@ def read_pages(engine: sa.Engine, after_id: int, *, chunk_rows: int = CHUNK_ROWS
     p = predictions
     last = after_id
     while True:
-        with engine.connect() as conn:
-            ts = sa.type_coerce(p.c.ts, sa.String) if conn.dialect.name == "sqlite" else p.c.ts
-            query = (sa.select(p.c.id, p.c.revision, ts.label("ts"), p.c.batch_size, p.c.features, p.c.outputs,
-                               p.c.deployment).where(p.c.id > last).order_by(p.c.id).limit(chunk_rows))
-            rows = conn.execute(query).all()
+        rows = _fetch(engine, last, chunk_rows)
         if not rows:
             return
         last, full = rows[-1][0], len(rows) == chunk_rows
@@ -74,6 +67,23 @@ def read_pages(engine: sa.Engine, after_id: int, *, chunk_rows: int = CHUNK_ROWS
         yield Page(ids=ids if done is None else ids[~done], chunks=chunks)
         if not full:
             return
+
+
+def _fetch(engine: sa.Engine, after_id: int, limit: int) -> list[tuple]:
+    """One page as plain tuples from the driver's own cursor: SQLAlchemy's row objects would cost as much as
+    reading the rows. The bounds are integers, so they are written into the statement."""
+    p = predictions
+    with engine.connect() as conn:
+        ts = sa.type_coerce(p.c.ts, sa.String) if conn.dialect.name == "sqlite" else p.c.ts
+        query = (sa.select(p.c.id, p.c.revision, ts.label("ts"), p.c.batch_size, p.c.features, p.c.outputs,
+                           p.c.deployment).where(p.c.id > int(after_id)).order_by(p.c.id).limit(int(limit)))
+        sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
 
 @contextlib.contextmanager
@@ -96,72 +106,10 @@ def decode(rows) -> Chunk:
     batch = np.fromiter((r[3] for r in rows), dtype=np.int64, count=count)
     revisions = np.fromiter((r[1] for r in rows), dtype=np.int64, count=count)
     stamps = np.array([r[2] for r in rows], dtype="datetime64[us]")
-    features = orjson.loads("[" + ",".join(r[4] for r in rows) + "]")
-    outputs = orjson.loads("[" + ",".join(r[5] for r in rows) + "]")
     per_value = np.repeat(np.arange(count), batch)
     starts = np.cumsum(batch) - batch
     index = np.arange(len(per_value)) - np.repeat(starts, batch)
-    columns = _columns(features, batch, "")
-    columns.update(_columns(outputs, batch, OUTPUT_PREFIX))
+    columns = columns_of([r[4] for r in rows], batch, "")
+    columns.update(columns_of([r[5] for r in rows], batch, OUTPUT_PREFIX))
     return Chunk(row_id=ids[per_value], revision=revisions[per_value], ts=stamps[per_value],
                  prio=priorities(ids[per_value], index), columns=columns)
-
-
-def _columns(docs: list[dict], batch: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-    if not docs:
-        return {}
-    total = int(batch.sum())
-    first = tuple(docs[0])
-    if all(tuple(doc) == first for doc in docs):  # one writer: the same keys in the same order
-        flat = {name: list(chain.from_iterable(values)) for name, values in zip(first, zip(*(d.values() for d in docs)))}
-        names = first
-    else:
-        names = tuple(dict.fromkeys(first)) + tuple(sorted(set().union(*docs) - set(first)))
-        flat = {}
-    columns = {}
-    for name in names:
-        values = flat.get(name)
-        if values is None or len(values) != total:
-            values = _flat(docs, name, batch)
-        array = _array(values)
-        if array.ndim == 2:  # several values per row (an output of shape [n, k])
-            for i in range(array.shape[1]):
-                columns[f"{prefix}{name}[{i}]"] = np.ascontiguousarray(array[:, i])
-        else:
-            columns[prefix + name] = array
-    return columns
-
-
-def _flat(docs: list[dict], name: str, batch: np.ndarray) -> list:
-    """Every row's values of one column, in order; a request without the column gives None per row."""
-    try:
-        values = list(chain.from_iterable(map(itemgetter(name), docs)))
-        if len(values) == int(batch.sum()):
-            return values
-    except (KeyError, TypeError):
-        pass
-    values = []
-    for doc, size in zip(docs, batch.tolist()):
-        got = doc.get(name)
-        if isinstance(got, list) and len(got) == size:
-            values.extend(got)
-        else:  # absent, or a scalar (rank-0) input
-            values.extend([got if not isinstance(got, list) else None] * size)
-    return values
-
-
-def _array(values: list) -> np.ndarray:
-    try:
-        array = np.array(values, dtype=np.float64)
-        if array.ndim <= 2:
-            return array
-    except (TypeError, ValueError):
-        pass
-    if values and isinstance(values[0], str):
-        try:
-            return pd.Categorical(values)  # hashed once here; windows then count codes
-        except TypeError:  # strings mixed with numbers: no order for the categories
-            pass
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
