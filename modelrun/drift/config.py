@@ -54,24 +54,26 @@ class DriftConfig(BaseModel):
     @field_validator("windows")
     @classmethod
     def _known_windows(cls, value):
-        unknown = [w for w in value if w not in WINDOWS]
-        if unknown:
-            raise ValueError(f"unknown window {unknown[0]!r}; valid windows: {', '.join(WINDOWS)}")
-        return value
+        return _only(value, WINDOWS, "window")
 
     @field_validator("checks")
     @classmethod
     def _known_checks(cls, value):
-        unknown = [c for c in value if c not in CHECKS]
-        if unknown:
-            raise ValueError(f"unknown check {unknown[0]!r}; valid checks: {', '.join(CHECKS)}")
-        return value
+        return _only(value, CHECKS, "check")
 
     def check_threshold(self, name: str) -> float:
         return self.checks.get(name, CHECKS[name])
 
     def override(self, column: str) -> FeatureOverride:
         return self.features.get(column) or FeatureOverride()
+
+
+def _only(given, valid, what: str):
+    """`given` (names, or a dict keyed by names) when every name is one of `valid`; else the first unknown."""
+    unknown = [name for name in given if name not in valid]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; valid {what}s: {', '.join(valid)}")
+    return given
 
 
 def _valid(check, value):
