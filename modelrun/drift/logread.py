@@ -46,13 +46,14 @@ class Page:
     chunks: dict[str, Chunk]  # by deployment
 
 
-def read_pages(engine: sa.Engine, after_id: int, *, chunk_rows: int = CHUNK_ROWS, counted=None) -> Iterator[Page]:
-    """Pages of the log rows with id > after_id (every deployment), in id order, by the primary key.
-    `counted(ids)` may return a boolean mask of rows counted already; they are left out."""
-    p = predictions
+def read_pages(engine: sa.Engine, after_id: int, *, chunk_rows: int = CHUNK_ROWS, counted=None,
+               only: tuple[str, int] | None = None, until_id: int | None = None) -> Iterator[Page]:
+    """Pages of the log rows with id > after_id (every deployment, or `only` one (deployment, revision);
+    up to `until_id`), in id order, by the primary key. `counted(ids)` may return a boolean mask of rows
+    to leave out."""
     last = after_id
     while True:
-        rows = _fetch(engine, last, chunk_rows)
+        rows = fetch_page(engine, last, chunk_rows, only, until_id)
         if not rows:
             return
         last, full = rows[-1][0], len(rows) == chunk_rows
@@ -69,14 +70,19 @@ def read_pages(engine: sa.Engine, after_id: int, *, chunk_rows: int = CHUNK_ROWS
             return
 
 
-def _fetch(engine: sa.Engine, after_id: int, limit: int) -> list[tuple]:
+def fetch_page(engine: sa.Engine, after_id: int, limit: int, only: tuple[str, int] | None = None,
+           until_id: int | None = None) -> list[tuple]:
     """One page as plain tuples from the driver's own cursor: SQLAlchemy's row objects would cost as much as
-    reading the rows. The bounds are integers, so they are written into the statement."""
+    reading the rows. The bounds are integers and names are DNS labels, so they are written into the statement."""
     p = predictions
     with engine.connect() as conn:
         ts = sa.type_coerce(p.c.ts, sa.String) if conn.dialect.name == "sqlite" else p.c.ts
         query = (sa.select(p.c.id, p.c.revision, ts.label("ts"), p.c.batch_size, p.c.features, p.c.outputs,
                            p.c.deployment).where(p.c.id > int(after_id)).order_by(p.c.id).limit(int(limit)))
+        if only is not None:
+            query = query.where((p.c.deployment == only[0]) & (p.c.revision == int(only[1])))
+        if until_id is not None:
+            query = query.where(p.c.id <= int(until_id))
         sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
         cursor = conn.connection.dbapi_connection.cursor()
         try:

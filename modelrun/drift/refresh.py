@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
 from modelrun.db import create_schema
@@ -26,6 +27,7 @@ from modelrun.drift import store
 from modelrun.drift.aggregate import RESERVOIR_ROWS, Aggregate
 from modelrun.drift.config import DriftConfig, drift_config
 from modelrun.drift.logread import CHUNK_ROWS, Chunk, read_pages
+from modelrun.drift.profile import OUTPUT_PREFIX, build_profile
 from modelrun.drift.report import build_report, iso
 from modelrun.drift.watermark import Watermark
 
@@ -75,13 +77,21 @@ class Refresher:
                 profiles = {t.name: store.load_profiles(conn, t.name) for t in targets}
                 mark, version = self._state(conn)
             deltas: dict[tuple, Aggregate] = {}
+            new_outputs = {}
+            for target in targets:
+                for revision, entry in profiles[target.name].items():
+                    if not entry["has_outputs"]:
+                        outputs = self._outputs_from_production(target.name, revision, entry, configs[target.name])
+                        if outputs is not None:
+                            new_outputs[(target.name, revision)] = outputs
+                            self._recount(target.name, revision, entry, configs[target.name], mark, deltas, now)
             for page in read_pages(self.engine, mark.watermark, chunk_rows=self.chunk_rows, counted=mark.counted):
                 for name, chunk in page.chunks.items():
                     if name in profiles:
                         self._count(chunk, name, profiles[name], configs[name], deltas, now)
                 mark.add(page.ids)
             mark.advance(now, self.gap_grace)
-            self._write(mark, version, deltas, profiles, now)
+            self._write(mark, version, deltas, profiles, now, new_outputs)
             touched_days = {(k[0], k[3]) for k in deltas if k[2] == "day"}
             return {t.name: self._reports(t, profiles[t.name], configs[t.name], touched_days, now) for t in targets}
 
@@ -122,9 +132,52 @@ class Refresher:
                     else:
                         deltas[key] = _copy(agg, profile)
 
+    # ---- the outputs' reference from production, when the model server could not make one ------------
+
+    def _outputs_from_production(self, name: str, revision: int, entry: dict, config: DriftConfig):
+        """The outputs' profile from the revision's first `min_rows` production rows (its first window),
+        added to `entry`; None while it has fewer rows than that."""
+        since = np.datetime64(entry["created_at"], "us")
+        parts = []
+        for page in read_pages(self.engine, 0, chunk_rows=config.min_rows, only=(name, revision)):
+            chunk = page.chunks.get(name)
+            if chunk is not None:
+                keep = np.flatnonzero(chunk.ts >= since)
+                parts.append({c[len(OUTPUT_PREFIX):]: values[keep] for c, values in chunk.columns.items()
+                              if c.startswith(OUTPUT_PREFIX)})
+            if sum(len(next(iter(p.values()), ())) for p in parts) >= config.min_rows:
+                break
+        names = [c for c in (parts[0] if parts else {})]
+        outputs = {c: np.concatenate([np.asarray(p[c], dtype=object if isinstance(p[c], pd.Categorical) else None)
+                                      for p in parts if c in p])[:config.min_rows] for c in names}
+        if not outputs or len(next(iter(outputs.values()))) < config.min_rows:
+            return None
+        profile = build_profile(pd.DataFrame(outputs), limit=config.min_rows)
+        for column in profile.columns:
+            column.name = OUTPUT_PREFIX + column.name
+        entry["profile"].columns.extend(profile.columns)
+        entry.update(has_outputs=True, outputs_source="production")
+        return profile
+
+    def _recount(self, name: str, revision: int, entry: dict, config: DriftConfig, mark: Watermark, deltas: dict,
+                 now: datetime) -> None:
+        """Count again, now with its outputs, what was counted of a revision (its buckets are replaced)."""
+        highest = mark.pending[-1][1] if mark.pending else mark.watermark
+
+        def not_counted(ids: np.ndarray) -> np.ndarray:
+            above = ids > mark.watermark
+            done = mark.counted(ids)
+            return above & ~done if done is not None else above
+
+        for page in read_pages(self.engine, 0, chunk_rows=self.chunk_rows, counted=not_counted,
+                               only=(name, revision), until_id=highest):
+            if name in page.chunks:
+                self._count(page.chunks[name], name, {revision: entry}, config, deltas, now)
+
     # ---- writing --------------------------------------------------------------------------------
 
-    def _write(self, mark: Watermark, version: int | None, deltas: dict, profiles: dict, now: datetime) -> None:
+    def _write(self, mark: Watermark, version: int | None, deltas: dict, profiles: dict, now: datetime,
+               new_outputs: dict) -> None:
         b = store.buckets
         try:
             with self.engine.begin() as conn:
@@ -138,6 +191,10 @@ class Refresher:
                                           .values(version=version + 1, **values))
                     if bumped.rowcount != 1:
                         raise Busy("another drift refresh ran at the same time")
+                for (name, revision), outputs in new_outputs.items():
+                    store.save_profile(conn, name, revision, "outputs", outputs, now, source="production",
+                                       error=profiles[name][revision]["outputs_error"])
+                    conn.execute(b.delete().where((b.c.deployment == name) & (b.c.revision == revision)))
                 for (name, revision, period, start), delta in deltas.items():
                     profile = profiles[name][revision]["profile"]
                     where = ((b.c.deployment == name) & (b.c.revision == revision) & (b.c.period == period)
@@ -215,8 +272,13 @@ class Refresher:
         entry = revisions[main]
         notes = []
         if not entry["has_outputs"]:
-            notes.append("the model's outputs are not monitored for this revision: "
-                         + (entry["outputs_error"] or "the model server has not profiled them on the training data"))
+            notes.append("the model's outputs are not monitored yet: "
+                         + (entry["outputs_error"] or "the model server has not profiled them on the training data")
+                         + f"; they will be compared with the first {config.min_rows} production rows")
+        elif entry["outputs_source"] == "production":
+            notes.append(f"the model's outputs are compared with this revision's first {config.min_rows} production "
+                         f"rows, not with the training data"
+                         + (f" ({entry['outputs_error']})" if entry["outputs_error"] else ""))
         report = build_report(deployment=target.name, revision=main, window=window, profile=entry["profile"],
                               agg=per_revision[main], config=config, notes=notes)
         others = []

@@ -90,7 +90,7 @@ def sample_key(column: str) -> str:
 
 
 def save_profile(conn: sa.Connection, deployment: str, revision: int, part: str, profile: Profile | None,
-                 now, error: str | None = None) -> None:
+                 now, error: str | None = None, source: str | None = None) -> None:
     """Store (or replace) one part of a revision's reference, samples included."""
     where = (profiles.c.deployment == deployment) & (profiles.c.revision == revision) & (profiles.c.part == part)
     conn.execute(profiles.delete().where(where))
@@ -99,7 +99,7 @@ def save_profile(conn: sa.Connection, deployment: str, revision: int, part: str,
     if profile is not None:
         for column in profile.columns:
             column.name = column.name if column.name.startswith(prefix) else prefix + column.name
-        meta = json.dumps(profile.to_meta())
+        meta = json.dumps(profile.to_meta() | ({"source": source} if source else {}))
         keys = [sample_key(c.name) for c in profile.columns]
         conn.execute(samples.delete().where((samples.c.deployment == deployment) & (samples.c.revision == revision)
                                             & samples.c.name.in_(keys)))
@@ -124,7 +124,7 @@ def load_profiles(conn: sa.Connection, deployment: str) -> dict[int, dict]:
             if row.meta is None:
                 continue
             found[row.revision] = {"profile": _profile(row.meta, row.revision, stored), "created_at": row.created_at,
-                                   "outputs_error": None, "has_outputs": False}
+                                   "outputs_error": None, "has_outputs": False, "outputs_source": None}
         elif row.revision in found:
             entry = found[row.revision]
             if row.meta is None:
@@ -133,6 +133,8 @@ def load_profiles(conn: sa.Connection, deployment: str) -> dict[int, dict]:
             outputs = _profile(row.meta, row.revision, stored)
             entry["profile"].columns.extend(outputs.columns)
             entry["has_outputs"] = True
+            entry["outputs_source"] = json.loads(row.meta).get("source")
+            entry["outputs_error"] = row.error  # with a production reference: why training data was not used
     return found
 
 

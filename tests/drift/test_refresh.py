@@ -228,8 +228,9 @@ def test_pandas_frames_with_nulls_profile_like_production(sqlite_url):
     assert column(report, "age")["missing"]["reference"] == pytest.approx(0.1)
     assert not column(report, "constant")["drifted"]
     assert column(report, "empty")["score"] is None and "no values" in column(report, "empty")["note"]
-    assert report["outputs"] == [] and report["prediction"] is None
-    assert any("outputs are not monitored" in note for note in report["notes"])
+    # no outputs profile from the model server: the first production rows became the outputs' reference
+    assert report["prediction"]["name"] == "price" and 80 <= report["prediction"]["reference"]["count"] <= 100
+    assert any("first 100 production rows, not with the training data" in note for note in report["notes"])
 
 
 class FolderStorage:
@@ -264,3 +265,26 @@ def test_daily_windows_older_than_the_config_days_are_dropped(sqlite_url):
     published = json.loads(service.publisher.storage.files["data/deployments/houses.json"])
     assert [h["id"] for h in published["history"]] == list(reversed(days))
     assert {"index.html", "app.js", "style.css", "plotly.min.js", "data/index.json"} <= set(service.publisher.storage.files)
+
+
+def test_without_the_server_s_outputs_reference_the_first_production_rows_are_the_reference(database_url):
+    engine = engine_for(database_url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    save_reference(engine, "houses", 1, houses(1500, 0), outputs=False, created=now - timedelta(hours=3))
+    with engine.begin() as conn:
+        store.save_profile(conn, "houses", 1, "outputs", None, now, error="could not run the model: boom")
+    log_requests(engine, "houses", 1, houses(60, 1), ts=now - timedelta(hours=2))
+    refresher = Refresher(engine)
+    early = window(refresher.refresh([target()], now)["houses"], "all")
+    assert early["outputs"] == [] and any("compared with the first 100 production rows" in n for n in early["notes"])
+
+    log_requests(engine, "houses", 1, houses(60, 2), ts=now - timedelta(hours=1), prefix="b")
+    log_requests(engine, "houses", 1, houses(300, 3, area_shift=60), ts=now - timedelta(minutes=5), prefix="c")
+    report = window(refresher.refresh([target()], now)["houses"], "all")
+
+    price = column(report, "price")
+    assert price["reference"]["count"] == 100 and price["production"]["count"] == 420  # every row, recounted
+    assert price["drifted"] and column(report, "area")["drifted"]
+    assert any("first 100 production rows" in n and "boom" in n for n in report["notes"])
+    again = window(refresher.refresh([target()], now)["houses"], "all")
+    assert column(again, "price")["production"]["count"] == 420  # the reference is made once
