@@ -18,6 +18,7 @@ from modelrun.drift.alerts import Alerter, alert_payload
 from modelrun.drift.config import drift_config
 from modelrun.drift.publish import Publisher, order_windows
 from modelrun.drift.refresh import Busy, Refresher, Target, utcnow
+from modelrun.errors import Unavailable
 
 log = logging.getLogger("modelrun.drift")
 
@@ -34,7 +35,13 @@ class DriftService:
 
     def refresh(self, deployments: list[dict]) -> dict[str, list[dict]]:
         """Count new predictions, store the new reports, send alerts, publish; return every stored report
-        of each deployment, ordered as the dashboard shows them."""
+        of each deployment, ordered as the dashboard shows them. Unavailable when the database is down."""
+        try:
+            return self._refresh(deployments)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise Unavailable(f"the database is unavailable: {str(exc.orig).splitlines()[0]}") from None
+
+    def _refresh(self, deployments: list[dict]) -> dict[str, list[dict]]:
         with self._lock:
             targets = [Target(d["name"], d["status"], d["revision"], d.get("serving_revision"), d.get("config") or {})
                        for d in deployments if d["status"] != "DELETING"]

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 
+from modelrun.errors import Unavailable
 from modelrun.settings import Settings
 
 log = logging.getLogger("modelrun.up")
@@ -112,6 +113,8 @@ class LocalStack:
         while not self._stop.is_set():
             try:
                 self.control.refresh_drift()
+            except Unavailable as exc:  # the database is down: say so in one line, try again next time
+                log.warning("drift refresh skipped: %s", exc.message)
             except Exception:  # keep going: the next refresh reads on from the stored watermark
                 log.exception("drift refresh failed")
             self._stop.wait(self.settings.drift_interval)

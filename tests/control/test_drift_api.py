@@ -156,3 +156,15 @@ def test_an_unreachable_webhook_is_logged_and_never_blocks(caplog):
     assert alerter.wait(10)
     assert alerter.failed == 1 and alerter.sent == 0
     assert "not delivered" in caplog.text
+
+
+def test_database_down_makes_the_drift_route_and_function_503(functions, monkeypatch):
+    from functions_framework import create_app
+
+    from tests.util import free_port
+
+    monkeypatch.setenv("MODELRUN_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    route = functions.api.get("/deployments/homes/drift", headers=AUTH)
+    assert route.status_code == 503 and "database is unavailable" in route.get_json()["error"]["message"]
+    function = create_app(target="drift", source=MAIN).test_client().post("/", headers=AUTH)
+    assert function.status_code == 503 and "database is unavailable" in function.get_json()["error"]["message"]
