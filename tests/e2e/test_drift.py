@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import BACKENDS, fresh_database_url
 from tests.e2e.conftest import Stack, one_error_line, write_csv
 from tests.serving import models as m
+from tests.util import wait_until
 
 pytestmark = pytest.mark.slow
 COLUMNS = ["age", "rooms", "city", "garden"]
@@ -85,3 +86,25 @@ def test_predictions_reach_the_report_and_only_the_shifted_feature_drifts(drift_
     missing = one_error_line(stack.cli("drift", "homes", "--window", "1999-01-01", check=False))
     assert "no drift window '1999-01-01'" in missing and "last-24h" in missing
     assert "no deployment named 'nobody'" in one_error_line(stack.cli("drift", "nobody", check=False))
+
+
+def test_up_refreshes_drift_and_the_dashboard_by_itself(tmp_path):
+    stack = Stack(tmp_path / "home", {"MODELRUN_DRIFT_INTERVAL": "1"})
+    try:
+        stack.up()
+        index = stack.home / "dashboard" / "data" / "index.json"
+        wait_until(index.exists, timeout=30, interval=0.2, what="the first published dashboard")
+        data = write_csv(tmp_path / "train.csv", COLUMNS, [[r[c] for c in COLUMNS] for r in rows(300, seed=0)])
+        stack.cli_json("deploy", "homes", "--model", str(m.save_tabular(tmp_path / "model")), "--training-data",
+                       str(data), "--wait")
+        with stack.client() as client:
+            for batch in range(15):
+                client.predict("homes", rows(10, seed=300 + batch))
+
+        def counted():
+            found = {d["name"]: d for d in json.loads(index.read_text())["deployments"]}
+            return found.get("homes", {}).get("rows") == 150
+
+        wait_until(counted, timeout=60, interval=0.5, what="the drift loop to count 150 rows")
+    finally:
+        stack.cleanup()
