@@ -288,3 +288,26 @@ def test_without_the_server_s_outputs_reference_the_first_production_rows_are_th
     assert any("first 100 production rows" in n and "boom" in n for n in report["notes"])
     again = window(refresher.refresh([target()], now)["houses"], "all")
     assert column(again, "price")["production"]["count"] == 420  # the reference is made once
+
+
+def test_a_request_stored_in_pieces_is_counted_whole(sqlite_url):
+    """A request larger than one row may hold (see modelrun/db/predictions.py) reaches drift in full: its
+    pieces are lines longer than Arrow's JSON blocks, so this also covers the page decoder's other way."""
+    from modelrun.db.predictions import encode_rows
+
+    engine = engine_for(sqlite_url)
+    save_reference(engine, "houses", 1, houses(1500, 0))
+    big = houses(150_000, 5, area_shift=30)
+    features = {c: big[c].to_numpy() for c in big.columns}
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = encode_rows("houses", 1, "big", "", now, features, {"price": np.zeros(len(big), np.float32)}, 1.0,
+                       limit=1 << 21)
+    assert len(rows) > 1 and max(len(r["features"]) for r in rows) > 1 << 20
+    with engine.begin() as conn:
+        insert_ignoring_duplicates(conn, rows)
+    log_requests(engine, "houses", 1, houses(200, 6))
+
+    report = window(Refresher(engine).refresh([target()])["houses"], "all")
+
+    assert report["rows"]["production"] == 150_200
+    assert column(report, "area")["drifted"] and column(report, "area")["production"]["count"] == 150_200
