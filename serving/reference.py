@@ -24,7 +24,7 @@ BATCH_ROWS = 4096
 def profile_outputs(model, *, database_url: str, deployment: str, revision: int, training_data: Path,
                     features: list[str] | None, sample_rows: int) -> None:
     """Store the outputs' reference profile of (deployment, revision) unless one is stored already."""
-    from modelrun.db import create_schema, make_engine
+    from modelrun.db import create_schema, make_engine, write_transaction
     from modelrun.drift import store
 
     engine = make_engine(database_url)
@@ -41,7 +41,7 @@ def profile_outputs(model, *, database_url: str, deployment: str, revision: int,
         except Exception as exc:  # the reason goes into the reports; the model still serves
             error = f"could not run the model on the training data: {str(exc).splitlines()[0][:300]}"
             log.warning("%s", error)
-        with engine.begin() as conn:
+        with write_transaction(engine) as conn:
             store.save_profile(conn, deployment, revision, "outputs", profile, datetime.now(UTC).replace(tzinfo=None),
                                error=error)
         if profile is not None:

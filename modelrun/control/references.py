@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from modelrun.control import inspect
 from modelrun.control.models import Revision
+from modelrun.db import write_transaction
 from modelrun.drift import store
 from modelrun.drift.config import drift_config
 from modelrun.drift.profile import build_profile
@@ -46,7 +47,7 @@ class References:
             path = self.storage.fetch(rev.training_data_uri, Path(tmp) / f"training_data{suffix}")
             frame = inspect.read_table(path, rev.training_data_uri)
         profile = build_profile(frame, features, limit=self.sample_rows)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             store.save_profile(conn, rev.name, rev.revision, "features", profile, utcnow())
         self._known.add(key)
 

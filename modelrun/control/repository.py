@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from modelrun.control import models as m
 from modelrun.control.schema import deployments, events, revisions, upload_events
-from modelrun.db import create_schema
+from modelrun.db import create_schema, write_transaction
 from modelrun.drift import store as drift_store
 from modelrun.errors import Conflict, NotFound, Unavailable
 
@@ -79,7 +79,7 @@ class Repository:
         try:
             if not self._schema_ready:
                 self._ensure_schema()
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 return work(conn)
         except sa.exc.IntegrityError:
             raise

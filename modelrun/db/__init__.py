@@ -7,8 +7,10 @@ was created: `migrate`) and is safe to run from many processes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -73,6 +75,18 @@ def _sqlite_pragmas(dbapi_connection, busy_ms: int) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
     cursor.close()
+
+
+@contextlib.contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """`engine.begin()` for a transaction that writes. On SQLite it takes the write lock up front
+    (BEGIN IMMEDIATE): a deferred transaction that reads and then writes can be refused at once when another
+    writer holds the lock (upgrading could deadlock, so SQLite does not wait), where this one waits its turn
+    for up to the busy timeout. Other databases lock rows as they go."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
 
 
 def create_schema(engine: sa.Engine) -> None:

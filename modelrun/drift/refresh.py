@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from modelrun.db import create_schema
+from modelrun.db import create_schema, write_transaction
 from modelrun.drift import store
 from modelrun.drift.aggregate import RESERVOIR_ROWS, Aggregate
 from modelrun.drift.config import DriftConfig, drift_config
@@ -180,7 +180,7 @@ class Refresher:
                new_outputs: dict) -> None:
         b = store.buckets
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 values = {"watermark": mark.watermark, "pending": json.dumps(mark.pending),
                           "horizon_id": mark.horizon_id, "horizon_at": mark.horizon_at, "refreshed_at": now}
                 if version is None:

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from modelrun.db import write_transaction
 from modelrun.drift import store
 from modelrun.drift.alerts import Alerter, alert_payload
 from modelrun.drift.config import drift_config
@@ -72,7 +73,7 @@ class DriftService:
         r = store.reports
         alerts = []
         url = drift_config(target.config).webhook or self.webhook
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             before = {row.window_id: row for row in conn.execute(
                 sa.select(r.c.window_id, r.c.status, r.c.alerted_status).where(r.c.deployment == target.name))}
             for report in reports:
