@@ -88,11 +88,11 @@ class Target:
             if width > 0 and width != len(keys):
                 raise errors.InvalidInput(
                     f"the model takes {width} features per row, the rows have {len(keys)}: {', '.join(keys)}")
-            _check_rows(rows, keys)
+            _check_rows(rows, keys, self.model)
             values = [_value(row, key, i, meta.datatype) for i, row in enumerate(rows) for key in keys]
             yield meta.name, meta.datatype, [len(rows), len(keys)], values
             return
-        _check_rows(rows, [meta.name for meta in inputs])
+        _check_rows(rows, [meta.name for meta in inputs], self.model)
         for meta in inputs:  # one named input per feature
             values = [_value(row, meta.name, i, meta.datatype) for i, row in enumerate(rows)]
             shape = [len(rows)] + [1] * (len(meta.shape) - 1) if len(meta.shape) > 1 else [len(rows)]
@@ -168,7 +168,10 @@ def _takes_matrix(inputs: list, features: list[str] | None, first_row: Mapping[s
     return meta.name not in first_row
 
 
-def _check_rows(rows: list[Mapping[str, Any]], needed: list[str]) -> None:
+_NAMED = 5  # missing features named in the error; a wider model's list is left to `modelrun get`
+
+
+def _check_rows(rows: list[Mapping[str, Any]], needed: list[str], model: str) -> None:
     """One error naming every feature some row lacks (and which rows). Keys the model does not take are
     ignored (a label or id column, say), but named in that error in case one is a misspelling."""
     lacking: dict[str, list[int]] = {}
@@ -183,11 +186,17 @@ def _check_rows(rows: list[Mapping[str, Any]], needed: list[str]) -> None:
     if not lacking:
         return
     parts = []
-    for key, where in lacking.items():
+    for key, where in list(lacking.items())[:_NAMED]:
         shown = ", ".join(map(str, where[:5])) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
         parts.append(f"{key!r} (row{'s' if len(where) > 1 else ''} {shown})")
-    message = (f"missing feature{'s' if len(lacking) > 1 else ''} {', '.join(parts)}; "
-               f"each row needs all of: {', '.join(needed)}")
+    if len(lacking) > _NAMED:
+        parts.append(f"and {len(lacking) - _NAMED} more")
+    if len(needed) <= _NAMED:
+        message = (f"missing feature{'s' if len(lacking) > 1 else ''} {', '.join(parts)}; "
+                   f"each row needs all of: {', '.join(needed)}")
+    else:  # a wide model: do not print every name (`modelrun get` lists them)
+        message = (f"{len(lacking)} missing feature{'s' if len(lacking) > 1 else ''}: {', '.join(parts)}; each row "
+                   f"needs all {len(needed)} features the model takes (`modelrun get {model} --json` lists them)")
     if extra:
         message += f" (the rows also have {', '.join(list(extra)[:10])}, which the model does not take)"
     raise errors.InvalidInput(message)

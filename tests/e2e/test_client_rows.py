@@ -55,6 +55,14 @@ def test_missing_features_are_one_error_naming_them(tmp_path):
                                     "of: a, b, c (the rows also have cc, which the model does not take)")
     named = target(tmp_path, ["age", "city"], inputs=[SimpleNamespace(name="age", shape=[-1, 1], datatype="FP32"),
                                                       SimpleNamespace(name="city", shape=[-1, 1], datatype="BYTES")])
+    wide = target(tmp_path, [f"f{i}" for i in range(30)],
+                  inputs=[SimpleNamespace(name="x", shape=[-1, 30], datatype="FP32")])
+    with pytest.raises(errors.InvalidInput) as raised:
+        tensors(wide, [{"f0": 1.0}])
+    assert raised.value.message.startswith("29 missing features: 'f1' (row 0), 'f2' (row 0), 'f3' (row 0), "
+                                           "'f4' (row 0), 'f5' (row 0), and 24 more; each row needs all 30 features")
+    assert "`modelrun get m --json` lists them" in raised.value.message and "f29" not in raised.value.message
+    wide.close()
     with pytest.raises(errors.InvalidInput, match=r"^missing feature 'city' \(row 0\)"):
         tensors(named, [{"age": 3}])
     t.close()
