@@ -220,12 +220,18 @@ def predict(name, rows, as_json):
     feature(s). Other keys or columns (a label, an id) are ignored, so rows cut from the training data
     work as they are. Key order does not matter: a model with one 2-D input gets the features in the
     training data's column order, which the control plane reports (`modelrun get NAME --json`, `features`).
+
+    On a terminal the result is a table: the outputs, then the input columns that fit the width.
+    Piped or redirected, it is CSV: the input columns as given, then every output (an output with
+    several values per row is one column per value: name[0], name[1], ...), floats in full. --json
+    prints one object of outputs per row.
     """
-    from modelrun.cli_output import echo_json, predictions_table, read_rows
+    from modelrun.cli_output import echo_json, read_rows
+    from modelrun.cli_predict import print_predictions
 
     data = read_rows(rows)
     predictions = _client().predict(name, data)
-    echo_json(predictions) if as_json else predictions_table(data, predictions)
+    echo_json(predictions) if as_json else print_predictions(data, predictions)
 
 
 @cli.command()

@@ -1,4 +1,6 @@
-"""What the CLI shows: deploy progress, tables, and reading prediction rows (JSON or CSV).
+"""What the CLI shows: deploy progress, deployment tables, and reading prediction rows (JSON or CSV).
+
+Predictions are printed by `cli_predict`.
 
 Results go to standard output, progress and errors to standard error, so `--json` output can be piped.
 rich is imported only when something is drawn.
@@ -112,29 +114,9 @@ def deployment_detail(d: dict) -> None:
     Console().print(table, highlight=False)
 
 
-def predictions_table(rows: list[dict], predictions: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    features = list(rows[0]) if rows else []
-    outputs = list(predictions[0]) if predictions else []
-    table = Table(*features, *[f"[bold]{o}[/bold]" for o in outputs], box=None)
-    for row, prediction in zip(rows, predictions, strict=True):
-        table.add_row(*[str(row.get(f, "")) for f in features], *[_fmt(prediction[o]) for o in outputs])
-    Console().print(table, highlight=False)
-
-
 def _status(d: dict) -> str:
     colour = {"READY": "green", "FAILED": "red"}.get(d.get("status"), "yellow")
     return f"[{colour}]{d.get('status')}[/{colour}]"
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)
 
 
 def read_rows(source: str | None) -> list[dict]:

@@ -5,14 +5,18 @@ traffic flows, delete, and let a manifest dropped into the bucket deploy itself.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shlex
 import shutil
+import subprocess
 import threading
 
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import one_error_line, write_csv
+from tests.e2e.conftest import MODELRUN, one_error_line, write_csv
 from tests.util import serving_processes, wait_until
 
 pytestmark = pytest.mark.slow
@@ -65,14 +69,23 @@ def test_keras_model_deploys_and_predicts_from_json_csv_and_tritonclient(stack, 
     rows = rows_of(x, features)
     del rows[1]["f3"], rows[3]["f3"], rows[3]["f6"]
     line = one_error_line(stack.cli("predict", "dense", "-", input=json.dumps(rows), check=False))
-    assert "missing features 'f3' (rows 1, 3), 'f6' (row 3)" in line, line
+    assert "missing features: 'f3' (rows 1, 3), 'f6' (row 3)" in line, line
     extra = [{"id": i, **row, "target": 0.5} for i, row in enumerate(rows_of(x, features))]
     with stack.client() as client:
         np.testing.assert_allclose(single_output(client.predict("dense", extra)), expected, rtol=1e-4, atol=1e-5)
 
-    # The human-readable table names the prediction
-    table = stack.cli("predict", "dense", str(csv_file)).stdout
-    assert f"{expected[0]:.4}"[:5] in table
+    # Piped, the answer is CSV: the input columns as given, then the output, in full
+    piped = list(csv.reader(io.StringIO(stack.cli("predict", "dense", str(csv_file)).stdout)))
+    given = list(csv.reader(io.StringIO(csv_file.read_text())))
+    assert piped[0][:8] == features and len(piped[0]) == 9, piped[0]
+    assert [line[:8] for line in piped[1:]] == given[1:]
+    np.testing.assert_allclose([float(line[8]) for line in piped[1:]], expected, rtol=1e-4, atol=1e-5)
+    # ... and `| head` takes the first lines of a long answer without an error from modelrun
+    many = write_csv(tmp_path / "many.csv", features, np.random.default_rng(2).normal(size=(4000, 8)).tolist())
+    head = subprocess.run(f"{shlex.join([*MODELRUN, 'predict', 'dense', str(many)])} | head -n 3", shell=True,
+                          env=stack.env, capture_output=True, text=True, timeout=120)
+    assert head.stdout.splitlines()[0].split(",")[:8] == features and len(head.stdout.splitlines()) == 3
+    assert head.stderr == "", head.stderr
 
     # A client nobody here wrote, on the endpoint the deployment names
     import tritonclient.grpc as triton
