@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     stop_timeout: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a local model server is stopped."""
 
+    restart_limit: int = 5
+    """Crashes of a serving revision's model server within `restart_window` seconds before it is FAILED
+    (each crash is restarted after a backoff: `restart_backoff` seconds, doubling, at most 60)."""
+
+    restart_window: float = 600.0
+    """Seconds over which crashes are counted; a crash after a quiet window starts the count again."""
+
+    restart_backoff: float = 1.0
+    """Seconds before restarting after the first crash; doubles with each crash within the window."""
+
     drift_interval: float = 60.0
     """Seconds between drift refreshes in `modelrun up` (on Google Cloud a scheduler calls the `drift` function)."""
 

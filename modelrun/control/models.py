@@ -156,6 +156,9 @@ class Revision:
     endpoint: str | None = None
     error: str | None = None
     deadline: datetime | None = None
+    restarts: int | None = None
+    crashed_at: datetime | None = None
+    retry_at: datetime | None = None
 
 
 def _iso(value: datetime) -> str:

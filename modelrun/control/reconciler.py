@@ -5,7 +5,8 @@ Per deployment, the newest revision goes PENDING → BUILDING (validate + stage 
 health across passes, check the model's inputs against the training data) → READY, when it becomes the
 serving revision and the previous one drains for `drain_grace` seconds before it is stopped. Any failure
 is FAILED with a one-line reason and whatever that revision had made is stopped and removed. A serving
-server that died is restarted (its revision shows DEPLOYING meanwhile). DELETING tears everything down.
+server that died is restarted after a backoff (its revision shows DEPLOYING meanwhile, each crash is an
+event); `restart_limit` crashes within `restart_window` make it FAILED. DELETING tears everything down.
 Revisions that are neither the newest nor serving are stopped and removed (RETIRED).
 """
 
@@ -80,10 +81,10 @@ class Reconciler:
             if rev is not latest and rev is not serving:
                 self._retire(rev, latest.revision)
         if serving is not None and serving is not latest:
-            self._step(serving, previous=None)
-        self._step(latest, previous=serving if serving is not latest else None)
+            self._step(serving, previous=None, serving=True)
+        self._step(latest, previous=serving if serving is not latest else None, serving=latest is serving)
 
-    def _step(self, rev: m.Revision, previous: m.Revision | None) -> None:
+    def _step(self, rev: m.Revision, previous: m.Revision | None, serving: bool = False) -> None:
         if rev.state == m.PENDING:
             self.repo.set_revision(rev, state=m.BUILDING, message="validating and staging the model")
         if rev.state == m.BUILDING:
@@ -95,19 +96,23 @@ class Reconciler:
             self.repo.set_revision(rev, state=m.DEPLOYING, artifact=build.artifact, features=build.features,
                                    message="starting the model server")
         if rev.state == m.DEPLOYING:
-            return self._deploying(rev, previous)
+            return self._deploying(rev, previous, serving)
         if rev.state == m.READY:
             self._reference(rev)
             return self._supervise(rev)
         if rev.state == m.FAILED and (rev.runtime or rev.artifact):
             self._fail(rev, rev.error or "failed")
 
-    def _deploying(self, rev: m.Revision, previous: m.Revision | None) -> None:
+    def _deploying(self, rev: m.Revision, previous: m.Revision | None, serving: bool = False) -> None:
+        # A revision that served before is restarted after a failed start, with backoff; a new one fails.
+        give_up = self._crashed if serving else self._fail
         if not rev.runtime:
+            if rev.retry_at is not None and utcnow() < rev.retry_at:
+                return  # backing off after a crash
             try:
                 started = self.runner.start(rev, rev.features or [])
             except (ModelrunError, OSError) as exc:  # OSError: the staged bundle is gone
-                return self._fail(rev, _reason(exc))
+                return give_up(rev, _reason(exc))
             deadline = utcnow() + timedelta(seconds=self.settings.start_timeout)
             self.repo.set_revision(rev, runtime=started.runtime, endpoint=started.endpoint, deadline=deadline)
             return
@@ -116,10 +121,10 @@ class Reconciler:
             reason = probe.reason or "the model server exited"
             if "FEATURE_NAMES" in reason:  # the server refused the training data's columns for its input
                 reason += f" (the training data's feature columns: {', '.join(rev.features or [])})"
-            return self._fail(rev, reason)
+            return give_up(rev, reason)
         if probe.state != "serving":
             if rev.deadline is not None and utcnow() > rev.deadline:
-                self._fail(rev, f"the model server did not become ready within {self.settings.start_timeout:.0f} s")
+                give_up(rev, f"the model server did not become ready within {self.settings.start_timeout:.0f} s")
             return
         try:
             inspect.check_inputs(self.runner.model_inputs(rev.runtime, rev.name), rev.features or [])
@@ -142,17 +147,35 @@ class Reconciler:
             log.warning("%s revision %d: no drift reference: %s", rev.name, rev.revision, _reason(exc))
 
     def _supervise(self, rev: m.Revision) -> None:
-        """A READY revision whose server is gone (crash, restart of `modelrun up`) is started again."""
+        """A READY revision whose server crashed is restarted after a backoff; one that is not running (after
+        a restart of `modelrun up`) is started again at once."""
         if rev.runtime:
             probe = self.runner.probe(rev.runtime)
             if probe.state != "exited":
                 return
-            reason = probe.reason
+            return self._crashed(rev, probe.reason or "the model server exited")
+        self.repo.set_revision(rev, state=m.DEPLOYING, runtime=None, retry_at=None, message="restarting: not running")
+        self._deploying(rev, previous=None, serving=True)
+
+    def _crashed(self, rev: m.Revision, reason: str) -> None:
+        """The server of a revision that serves died, or could not start again: restart it after a backoff,
+        or mark it FAILED when it crashed `restart_limit` times within `restart_window` seconds."""
+        now, limit = utcnow(), self.settings.restart_limit
+        window = timedelta(seconds=self.settings.restart_window)
+        fresh = rev.crashed_at is None or now - rev.crashed_at > window
+        count, first = (1, now) if fresh else ((rev.restarts or 0) + 1, rev.crashed_at)
+        if count >= limit:
+            return self._fail(rev, f"the model server crashed {count} times within "
+                                   f"{self.settings.restart_window:.0f} s; the last time: {reason}")
+        if rev.runtime:
             self.runner.stop(rev.runtime)
-        else:
-            reason = "not running"
-        self.repo.set_revision(rev, state=m.DEPLOYING, runtime=None, message=f"restarting: {reason}")
-        self._deploying(rev, previous=None)
+        delay = min(self.settings.restart_backoff * 2 ** (count - 1), 60.0)
+        self.repo.set_revision(rev, state=m.DEPLOYING, runtime=None, deadline=None, restarts=count, crashed_at=first,
+                               retry_at=now + timedelta(seconds=delay), event=True,
+                               message=f"restarting in {delay:.1f} s (crash {count} of {limit} allowed within "
+                                       f"{self.settings.restart_window:.0f} s): {reason}")
+        log.warning("%s revision %d crashed (%d of %d): %s; restarting in %.1f s", rev.name, rev.revision, count,
+                    limit, reason, delay)
 
     def _fail(self, rev: m.Revision, reason: str) -> None:
         if rev.runtime:

@@ -181,8 +181,9 @@ class Repository:
             return [(r.name, r.revision, json.loads(r.runtime)) for r in conn.execute(query)]
         return self._tx(work)
 
-    def set_revision(self, rev: m.Revision, message: str | None = None, **changes) -> None:
-        """Change a revision's columns (state, artifact, runtime, ...), refresh its deployment, log the event."""
+    def set_revision(self, rev: m.Revision, message: str | None = None, *, event: bool = False, **changes) -> None:
+        """Change a revision's columns (state, artifact, runtime, ...), refresh its deployment, log the event
+        (of a state change, or with `event` of this change whatever the state)."""
         def work(conn):
             now = utcnow()
             values = {k: (json.dumps(v) if k in ("runtime", "features", "config") and v is not None else v)
@@ -193,7 +194,7 @@ class Repository:
                 return
             conn.execute(revisions.update().where(where).values(updated_at=now, **values))
             state = changes.get("state", before)
-            if state != before:
+            if state != before or event:
                 self._event(conn, rev.name, rev.revision, before, state, message or changes.get("error"), now)
             if state == m.FAILED:
                 conn.execute(deployments.update().where((deployments.c.id == rev.deployment_id)
@@ -306,4 +307,4 @@ class Repository:
             deployment_id=dep_id, name=name, revision=r.revision, state=r.state, model_uri=r.model_uri,
             training_data_uri=r.training_data_uri, config=_loads(r.config) or {}, features=_loads(r.features),
             artifact=r.artifact, runtime=_loads(r.runtime), endpoint=r.endpoint, error=r.error,
-            deadline=r.deadline)
+            deadline=r.deadline, restarts=r.restarts, crashed_at=r.crashed_at, retry_at=r.retry_at)

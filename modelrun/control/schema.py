@@ -54,6 +54,9 @@ revisions = sa.Table(
     sa.Column("endpoint", sa.String(512), nullable=True),
     sa.Column("error", _TEXT, nullable=True),
     sa.Column("deadline", _TIME, nullable=True),  # DEPLOYING: give up then; DRAINING: stop then
+    sa.Column("restarts", sa.Integer, nullable=True),  # crashes of its server since `crashed_at`
+    sa.Column("crashed_at", _TIME, nullable=True),  # the first crash of the current window
+    sa.Column("retry_at", _TIME, nullable=True),  # DEPLOYING after a crash: start again from then (backoff)
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("updated_at", _TIME, nullable=False),
 )

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from modelrun.control import build_control_plane
+from modelrun.control.repository import utcnow
 from modelrun.proto import inference_pb2, inference_pb2_grpc
 from modelrun.settings import Settings
 from tests.control.conftest import FEATURES8, wait_status, write_training_data
@@ -223,3 +224,34 @@ def test_an_update_during_an_update_supersedes_it(plane, tmp_path, models_dir):
     assert (result["status"], result["revision"]) == ("FAILED", 2) and "missing.csv does not exist" in result["error"]
     states = {r.revision: r.state for r in plane.repo.load("twice")[2]}
     assert states == {1: "RETIRED", 2: "FAILED"}
+
+
+def test_a_server_that_keeps_crashing_is_restarted_with_backoff_then_failed(home, models_dir, monkeypatch):
+    monkeypatch.setenv("MODELRUN_RESTART_LIMIT", "3")
+    monkeypatch.setenv("MODELRUN_RESTART_BACKOFF", "2")
+    plane = build_control_plane(Settings())
+    try:
+        create(plane, "flaky", models_dir["dense8"], models_dir["train8"], {"label": "target"})
+        ready = wait_status(plane, "flaky")
+        assert ready["status"] == "READY", ready["error"]
+        for crash in (1, 2):
+            [pid] = serving_processes(home)
+            os.kill(pid, signal.SIGKILL)
+            wait_status(plane, "flaky", statuses=("DEPLOYING",), timeout=30)
+            rev = plane.repo.load("flaky")[2][0]
+            assert (rev.state, rev.restarts, rev.runtime) == ("DEPLOYING", crash, None)
+            assert rev.retry_at is not None  # waits 2 s, then 4 s, before starting again
+            plane.reconcile_once()
+            if utcnow() < rev.retry_at:
+                assert not serving_processes(home), "restarted before its backoff ended"
+            again = wait_status(plane, "flaky")
+            assert again["status"] == "READY" and again["endpoint"] == ready["endpoint"]
+        [pid] = serving_processes(home)
+        os.kill(pid, signal.SIGKILL)
+        failed = wait_status(plane, "flaky", statuses=("FAILED",), timeout=30)
+        assert "crashed 3 times within 600 s" in failed["error"]
+        restarts = [e["message"] for e in plane.deployments.events("flaky") if "restarting in" in (e["message"] or "")]
+        assert [m.split(" (")[0] for m in restarts] == ["restarting in 2.0 s", "restarting in 4.0 s"]
+        assert "crash 2 of 3 allowed" in restarts[1]
+    finally:
+        plane.shutdown()
