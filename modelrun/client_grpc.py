@@ -168,7 +168,8 @@ def _takes_matrix(inputs: list, features: list[str] | None, first_row: Mapping[s
     return meta.name not in first_row
 
 
-_NAMED = 5  # missing features named in the error; a wider model's list is left to `modelrun get`
+_NAMED = 5  # missing features named in the error
+_LISTED = 12  # a model with more features than this is not listed in full (`modelrun get` lists them)
 
 
 def _check_rows(rows: list[Mapping[str, Any]], needed: list[str], model: str) -> None:
@@ -191,7 +192,7 @@ def _check_rows(rows: list[Mapping[str, Any]], needed: list[str], model: str) ->
         parts.append(f"{key!r} (row{'s' if len(where) > 1 else ''} {shown})")
     if len(lacking) > _NAMED:
         parts.append(f"and {len(lacking) - _NAMED} more")
-    if len(needed) <= _NAMED:
+    if len(needed) <= _LISTED:
         message = (f"missing feature{'s' if len(lacking) > 1 else ''} {', '.join(parts)}; "
                    f"each row needs all of: {', '.join(needed)}")
     else:  # a wide model: do not print every name (`modelrun get` lists them)

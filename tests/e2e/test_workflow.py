@@ -69,7 +69,7 @@ def test_keras_model_deploys_and_predicts_from_json_csv_and_tritonclient(stack, 
     rows = rows_of(x, features)
     del rows[1]["f3"], rows[3]["f3"], rows[3]["f6"]
     line = one_error_line(stack.cli("predict", "dense", "-", input=json.dumps(rows), check=False))
-    assert "missing features: 'f3' (rows 1, 3), 'f6' (row 3)" in line, line
+    assert "missing features 'f3' (rows 1, 3), 'f6' (row 3); each row needs all of: f0, f1" in line, line
     extra = [{"id": i, **row, "target": 0.5} for i, row in enumerate(rows_of(x, features))]
     with stack.client() as client:
         np.testing.assert_allclose(single_output(client.predict("dense", extra)), expected, rtol=1e-4, atol=1e-5)
