@@ -49,17 +49,26 @@ class _Item:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     tag: object
+    started: float  # time.perf_counter() when the request arrived
 
 
 @dataclass
 class BatchStats:
-    """Counters for logs and tests: how many requests ran in how many model calls."""
+    """Counters for logs, statistics and tests: how many requests ran in how many model calls, and how long
+    they took. Written by the model thread only (readers may see one call's counters a moment apart)."""
 
     requests: int = 0
     calls: int = 0
     rows: int = 0
     largest: int = 0  # most requests in one call
     sizes: dict[int, int] = field(default_factory=dict)  # requests per call -> how many calls
+    compute_seconds: float = 0.0  # time inside the model, summed over calls
+    request_compute_seconds: float = 0.0  # each call's time counted once per request in it (Triton's compute_infer)
+    queue_seconds: float = 0.0  # per request: from its arrival to the start of its model call
+    succeeded: int = 0  # requests answered with outputs
+    succeeded_seconds: float = 0.0  # per answered request: from its arrival to the end of its model call
+    failed: int = 0  # requests the model failed on
+    failed_seconds: float = 0.0
 
 
 class Batcher:
@@ -79,14 +88,16 @@ class Batcher:
         self._thread = threading.Thread(target=self._run_forever, name="model", daemon=True)
         self._thread.start()
 
-    async def predict(self, inputs: Tensors, tag: object = None) -> Tensors:
+    async def predict(self, inputs: Tensors, tag: object = None, started: float | None = None) -> Tensors:
         """Run `inputs` (every array with the same first dimension) through the model, batched with others.
-        `tag` is handed to the observer with this request's rows."""
+        `tag` is handed to the observer with this request's rows; `started` (time.perf_counter() at the
+        request's arrival, now when None) is where its queue and total times count from."""
         loop = asyncio.get_running_loop()
         first = next(iter(inputs.values()), None)
         rows = first.shape[0] if first is not None and first.ndim else 1
         key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()) if self.enabled else object()
-        item = _Item(inputs, rows, key, loop.create_future(), loop, tag)
+        item = _Item(inputs, rows, key, loop.create_future(), loop, tag,
+                     time.perf_counter() if started is None else started)
         self._queue.put(item)
         return await item.future
 
@@ -155,12 +166,16 @@ class Batcher:
         if not batch:
             return
         self._count(batch)
+        began = time.perf_counter()
+        for item in batch:
+            self.stats.queue_seconds += began - item.started
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
         names = list(batch[0].inputs)
         joined = {name: np.concatenate([item.inputs[name] for item in batch]) for name in names}
-        outputs, error = self._call(joined)
+        outputs, error = self._call(joined, len(batch))
+        ended = time.perf_counter()
         total = sum(item.rows for item in batch)
         if error is not None or any(len(array) != total for array in outputs.values()):
             # One bad request must not fail the others: run each alone and let it get its own answer.
@@ -172,10 +187,12 @@ class Batcher:
             results.append({name: array[start:start + item.rows] for name, array in outputs.items()})
             start += item.rows
         batch[0].loop.call_soon_threadsafe(_deliver, batch, results, None)
+        self._finished(batch, None, ended)
         self._notify(batch, joined, outputs)
 
     def _run_alone(self, item: _Item) -> None:
-        outputs, error = self._call(item.inputs)
+        outputs, error = self._call(item.inputs, 1)
+        self._finished([item], error, time.perf_counter())
         self._answer([item], outputs, error)
         if error is None:
             self._notify([item], item.inputs, outputs)
@@ -188,11 +205,26 @@ class Batcher:
         except Exception:  # an observer's failure must not touch serving
             log.exception("batch observer failed")
 
-    def _call(self, inputs: Tensors) -> tuple[Tensors | None, BaseException | None]:
+    def _call(self, inputs: Tensors, requests: int) -> tuple[Tensors | None, BaseException | None]:
+        began = time.perf_counter()
         try:
             return self._predict(inputs), None
         except Exception as exc:
             return None, exc
+        finally:
+            took = time.perf_counter() - began
+            self.stats.compute_seconds += took
+            self.stats.request_compute_seconds += took * requests
+
+    def _finished(self, batch: list[_Item], error, ended: float) -> None:
+        stats = self.stats
+        took = sum(ended - item.started for item in batch)
+        if error is None:
+            stats.succeeded += len(batch)
+            stats.succeeded_seconds += took
+        else:
+            stats.failed += len(batch)
+            stats.failed_seconds += took
 
     def _answer(self, batch: list[_Item], outputs, error) -> None:
         batch[0].loop.call_soon_threadsafe(_deliver, batch, [outputs] * len(batch), error)

@@ -13,7 +13,8 @@ import numpy as np
 
 from modelrun.errors import InvalidInput
 from modelrun.proto import inference_pb2 as pb
-from serving.types import NUMPY_DTYPES, InferRequest, InferResponse, ModelMetadata, datatype_of, format_shape
+from serving.types import (NUMPY_DTYPES, Duration, InferRequest, InferResponse, ModelConfig, ModelMetadata,
+                           ModelStatistics, datatype_of, format_shape)
 
 # Datatype -> the typed-contents field that carries it. FP16 has none: it travels raw only.
 CONTENTS_FIELD = {
@@ -170,3 +171,36 @@ def encode_model_metadata(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
 
     return pb.ModelMetadataResponse(name=metadata.name, versions=metadata.versions, platform=metadata.platform,
                                     inputs=tensors(metadata.inputs), outputs=tensors(metadata.outputs))
+
+
+def _triton_type(datatype: str) -> int:
+    """A V2 datatype as Triton's DataType enum value (BYTES is TYPE_STRING there)."""
+    return pb.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
+def encode_model_config(config: ModelConfig) -> pb.ModelConfigResponse:
+    message = pb.ModelConfig(
+        name=config.name, platform=config.platform, max_batch_size=config.max_batch_size,
+        input=[pb.ModelInput(name=s.name, data_type=_triton_type(s.datatype), dims=s.shape) for s in config.inputs],
+        output=[pb.ModelOutput(name=s.name, data_type=_triton_type(s.datatype), dims=s.shape)
+                for s in config.outputs])
+    if config.max_queue_delay_us is not None:
+        message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+    return pb.ModelConfigResponse(config=message)
+
+
+def encode_model_statistics(stats: list[ModelStatistics]) -> pb.ModelStatisticsResponse:
+    def duration(d: Duration) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    def inference_stats(s: ModelStatistics) -> pb.InferStatistics:
+        # The model converts its inputs and outputs inside its call, so that time is in compute_infer; Triton's
+        # tools want the three compute counts equal, hence compute_input/compute_output with 0 ns.
+        converted = pb.StatisticDuration(count=s.compute_infer.count, ns=0)
+        return pb.InferStatistics(success=duration(s.success), fail=duration(s.fail), queue=duration(s.queue),
+                                  compute_input=converted, compute_infer=duration(s.compute_infer),
+                                  compute_output=converted)
+
+    return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
+        name=s.name, version=s.version, last_inference=s.last_inference_ms, inference_count=s.inference_count,
+        execution_count=s.execution_count, inference_stats=inference_stats(s)) for s in stats])

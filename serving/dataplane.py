@@ -16,10 +16,13 @@ import modelrun
 from modelrun.errors import InvalidInput, NotFound, Unavailable
 from serving.batching import Batcher
 from serving.model import Model
-from serving.types import (InferRequest, InferResponse, ModelMetadata, ServerMetadata, TensorSpec, datatype_of,
-                           format_shape)
+from serving.types import (Duration, InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStatistics,
+                           ServerMetadata, TensorSpec, datatype_of, format_shape)
 
 SERVER_NAME = "modelrun"
+# Triton protocol extensions served (ServerMetadata lists them; perf_analyzer reads server statistics only when
+# "statistics" is listed).
+EXTENSIONS = ("model_configuration", "statistics")
 _FLOATS = frozenset(("FP16", "FP32", "FP64"))
 
 
@@ -39,6 +42,9 @@ class DataPlane:
         self._inputs: dict[str, TensorSpec] = {}
         self._outputs: dict[str, TensorSpec] = {}
         self._columns: list[str] | None = None  # log column names for a single 2-D input
+        # For ModelStatistics (the batcher counts the rest), touched only on the event loop: no lock needed.
+        self._rejected = 0  # requests that failed the checks and never reached the model
+        self._last_arrived: datetime | None = None
 
     # ---- lifecycle ----
     def set_model(self, model: Model, batcher: Batcher) -> None:
@@ -67,12 +73,42 @@ class DataPlane:
 
     # ---- metadata ----
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(name=SERVER_NAME, version=modelrun.__version__, extensions=[])
+        return ServerMetadata(name=SERVER_NAME, version=modelrun.__version__, extensions=list(EXTENSIONS))
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         model = self._check_model(name, version)
         return ModelMetadata(name=self.name, versions=[self.version], platform=model.platform,
                              inputs=list(model.inputs), outputs=list(model.outputs))
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """Triton's view of the model: a model with a free first dimension everywhere is batched, so its
+        max_batch_size is the batcher's and its shapes leave out that dimension; any other model has
+        max_batch_size 0 and full shapes."""
+        model = self._check_model(name, version)
+        if not model.batchable:
+            return ModelConfig(name=self.name, platform=model.platform, max_batch_size=0, inputs=list(model.inputs),
+                               outputs=list(model.outputs), max_queue_delay_us=None)
+
+        def unbatched(specs: list[TensorSpec]) -> list[TensorSpec]:
+            return [TensorSpec(spec.name, spec.datatype, spec.shape[1:]) for spec in specs]
+
+        return ModelConfig(name=self.name, platform=model.platform, max_batch_size=self.batcher.max_batch_size,
+                           inputs=unbatched(model.inputs), outputs=unbatched(model.outputs),
+                           max_queue_delay_us=round(self.batcher.max_wait * 1_000_000))
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        """Counters since start; an empty name means every model served (here: the one)."""
+        self._check_model(name or self.name, version)
+        batch = self.batcher.stats
+        arrived = self._last_arrived
+        return [ModelStatistics(
+            name=self.name, version=self.version,
+            last_inference_ms=int(arrived.timestamp() * 1000) if arrived is not None else 0,
+            inference_count=batch.rows, execution_count=batch.calls,
+            success=Duration(batch.succeeded, _ns(batch.succeeded_seconds)),
+            fail=Duration(batch.failed + self._rejected, _ns(batch.failed_seconds)),  # rejections are not timed
+            queue=Duration(batch.requests, _ns(batch.queue_seconds)),
+            compute_infer=Duration(batch.requests, _ns(batch.request_compute_seconds)))]
 
     def _check_model(self, name: str, version: str) -> Model:
         if name != self.name:
@@ -92,11 +128,16 @@ class DataPlane:
         started = request.started or time.perf_counter()
         arrived = request.arrived or datetime.now(UTC)
         self._check_model(request.model_name, request.model_version)
-        outputs = self._check_outputs(request.outputs)
-        self._check_inputs(request.inputs)
+        self._last_arrived = arrived
+        try:
+            outputs = self._check_outputs(request.outputs)
+            self._check_inputs(request.inputs)
+        except InvalidInput:
+            self._rejected += 1
+            raise
         inputs = {name: request.inputs[name] for name in self._inputs}  # the model's order
         tag = (request.id, arrived, started) if self.logger is not None else None
-        result = await self.batcher.predict(inputs, tag)
+        result = await self.batcher.predict(inputs, tag, started)
         if outputs is not None:
             result = {name: result[name] for name in outputs}
         return InferResponse(model_name=self.name, model_version=self.version, id=request.id, outputs=result,
@@ -159,6 +200,10 @@ class DataPlane:
         self.logger.log(self._batch_record(deployment=self.name, revision=self.revision, features=features,
                                            outputs={name: _column(array) for name, array in outputs.items()},
                                            requests=requests))
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:

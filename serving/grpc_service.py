@@ -66,3 +66,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         infer_request = codec.decode_request(request)
         infer_request.started, infer_request.arrived = started, arrived
         return codec.encode_response(await self.dataplane.infer(infer_request))
+
+    @_status_mapped
+    async def ModelConfig(self, request, context):
+        return codec.encode_model_config(self.dataplane.model_config(request.name, request.version))
+
+    @_status_mapped
+    async def ModelStatistics(self, request, context):
+        return codec.encode_model_statistics(self.dataplane.model_statistics(request.name, request.version))

@@ -92,3 +92,37 @@ class InferResponse:
     id: str
     outputs: dict[str, np.ndarray]
     raw: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model as Triton's ModelConfig describes it. With max_batch_size > 0 the tensors' shapes leave out
+    the batch dimension; `max_queue_delay_us` is None when requests are not batched together."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    max_queue_delay_us: int | None
+
+
+@dataclass(frozen=True)
+class Duration:
+    """`count` events that took `ns` nanoseconds in total."""
+
+    count: int = 0
+    ns: int = 0
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    name: str
+    version: str
+    last_inference_ms: int  # wall clock (ms since the epoch) of the last request's arrival; 0 before any
+    inference_count: int  # rows through the model
+    execution_count: int  # model calls
+    success: Duration  # requests answered, and their time from arrival to the end of their model call
+    fail: Duration  # requests refused by the input checks or failed by the model
+    queue: Duration  # per request: from arrival to the start of its model call
+    compute_infer: Duration  # per request: the time of the model call that served it

@@ -82,7 +82,7 @@ def test_live_ready_and_server_metadata(servers):
     assert c.is_server_live() and c.is_server_ready()
     assert c.is_model_ready("dense8") and not c.is_model_ready("other")
     meta = c.get_server_metadata()
-    assert meta.name == "modelrun" and meta.version and list(meta.extensions) == []
+    assert meta.name == "modelrun" and meta.version and list(meta.extensions) == ["model_configuration", "statistics"]
 
 
 @pytest.mark.parametrize("key, platform, output", [("dense8", "tensorflow_keras", "y"),
