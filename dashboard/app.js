@@ -93,7 +93,7 @@
         el("td", {}, el("a", { href: deploymentHref(d.name) }, d.name)),
         el("td", {}, d.status ?? "–"),
         el("td", { class: "num" }, revision ?? "–"),
-        el("td", { class: "num" }, int(d.rows), el("span", { class: "muted" }, ` · ${d.window || "window"}`)),
+        el("td", { class: "num" }, int(d.rows), d.window ? el("span", { class: "muted" }, ` · ${d.window}`) : null),
         el("td", {}, pct(d.drifted_share), drifted.length ? el("span", { class: "muted" }, ` · ${drifted.join(", ")}`) : null),
         el("td", {}, verdict(d.status_drift)),
         el("td", {}, when(d.last_refresh)));
