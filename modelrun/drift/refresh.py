@@ -223,30 +223,32 @@ class Refresher:
         hour_now = now.replace(minute=0, second=0, microsecond=0)
         since = hour_now - timedelta(hours=23)
         first_day = (now - timedelta(days=config.days - 1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(b.c.revision, b.c.period, b.c.start, b.c.data).where(
-                (b.c.deployment == target.name) & ((b.c.period == "all") | ((b.c.period == "hour") & (b.c.start >= since))
-                                                   | ((b.c.period == "day") & (b.c.start >= first_day))))).all()
-            known = {w for w, in conn.execute(sa.select(r.c.window_id).where(r.c.deployment == target.name))}
         serving = target.serving_revision or max(revisions)
+        mine = b.c.deployment == target.name
+        with self.engine.connect() as conn:
+            known = {w for w, in conn.execute(sa.select(r.c.window_id).where(r.c.deployment == target.name))}
+            days = sorted(set(conn.execute(sa.select(b.c.start).where(
+                mine & (b.c.period == "day") & (b.c.start >= first_day))).scalars()), reverse=True)
+            # A past day nothing new arrived for keeps its stored report: its aggregates are not read again.
+            days = [d for d in days if (target.name, d) in touched_days or d.strftime("%Y-%m-%d") not in known
+                    or d.date() == now.date()] if "daily" in config.windows else []
+            rows = conn.execute(sa.select(b.c.revision, b.c.period, b.c.start, b.c.data).where(mine & (
+                ((b.c.period == "all") & (b.c.revision == serving)) | ((b.c.period == "hour") & (b.c.start >= since))
+                | ((b.c.period == "day") & b.c.start.in_(days))))).all()
         reports = []
         if "all" in config.windows and serving in revisions:
-            agg = self._merged([x for x in rows if x.period == "all" and x.revision == serving], revisions, serving,
-                               config)
+            agg = self._merged([x for x in rows if x.period == "all"], revisions, serving, config)
             window = {"id": "all", "kind": "revision", "start": iso(revisions[serving]["created_at"]), "end": iso(now)}
             reports.append(self._report(target, serving, window, revisions, config, {serving: agg}))
         if "last-24h" in config.windows:
             window = {"id": "last-24h", "kind": "rolling", "start": iso(since), "end": iso(now)}
             reports.append(self._window(target, window, [x for x in rows if x.period == "hour"], revisions, config,
                                         serving))
-        if "daily" in config.windows:
-            for day in sorted({x.start for x in rows if x.period == "day"}, reverse=True):
-                day_id = day.strftime("%Y-%m-%d")
-                if (target.name, day) not in touched_days and day_id in known and day.date() != now.date():
-                    continue  # a past day nothing new arrived for: its stored report stands
-                window = {"id": day_id, "kind": "day", "start": iso(day), "end": iso(day + timedelta(days=1))}
-                reports.append(self._window(target, window, [x for x in rows if x.period == "day" and x.start == day],
-                                            revisions, config, serving))
+        for day in days:
+            window = {"id": day.strftime("%Y-%m-%d"), "kind": "day", "start": iso(day),
+                      "end": iso(day + timedelta(days=1))}
+            reports.append(self._window(target, window, [x for x in rows if x.period == "day" and x.start == day],
+                                        revisions, config, serving))
         return reports
 
     def _window(self, target, window, rows, revisions, config, serving) -> dict:
