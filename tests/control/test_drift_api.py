@@ -7,10 +7,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pandas as pd
 import pytest
-import sqlalchemy as sa
-from flask import Flask
 
 from modelrun.drift import store
 from modelrun.drift.alerts import Alerter
