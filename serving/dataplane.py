@@ -47,6 +47,10 @@ class DataPlane:
         self._last_arrived: datetime | None = None
 
     # ---- lifecycle ----
+    def check(self, model: Model) -> None:
+        """Raise ValueError when feature_names do not fit the model's input."""
+        self._log_columns(model)
+
     def set_model(self, model: Model, batcher: Batcher) -> None:
         """Make the loaded, warmed-up model live. Raises ValueError when feature_names do not fit it."""
         self._inputs = {spec.name: spec for spec in model.inputs}

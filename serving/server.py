@@ -71,8 +71,8 @@ async def serve(settings: ServingSettings) -> int:
         return 0  # the loading thread is abandoned; __main__ exits without waiting for it
     stopped.cancel()
     if error := startup.exception():
+        await server.stop(0)  # first: cancelling a call in flight may log, and the error must be the last line
         log.error("%s", error.message if isinstance(error, ModelrunError) else f"startup failed: {error!r}")
-        await server.stop(0)
         return 1
     _freeze_heap()
     for service in ("", INFERENCE_SERVICE):
@@ -114,15 +114,16 @@ async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> Non
     if logger is not None:
         await asyncio.to_thread(logger.start)
     model = await loading
+    try:
+        dataplane.check(model)  # the feature names against the model's input, before running it on the data
+    except ValueError as exc:
+        raise ModelrunError(str(exc)) from None
     if logger is not None and settings.training_data is not None:
         await asyncio.to_thread(_profile_outputs, model, settings)
     batcher = Batcher(model.predict, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable,
                       observe=dataplane.log_batch if logger is not None else None)
-    try:
-        dataplane.set_model(model, batcher)
-    except ValueError as exc:
-        raise ModelrunError(str(exc)) from None
+    dataplane.set_model(model, batcher)
     log.info("model loaded and warmed up in %.1f s", time.monotonic() - began)
 
 
