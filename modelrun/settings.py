@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     """SQLAlchemy URL for deployments and predictions. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
 
     storage: str = "local"
-    """Storage backend: `local` (a folder as the bucket)."""
+    """Storage backend: `local` (a folder as the bucket) or `gcs` (Cloud Storage: gs:// URIs; the client
+    library's STORAGE_EMULATOR_HOST points it at an emulator)."""
+
+    dashboard_bucket: str | None = None
+    """With `storage=gcs`: the bucket the drift dashboard is published to (unset: not published)."""
 
     builder: str = "local"
     """Builder backend: `local` (stage model and training data into a bundle folder)."""

@@ -1,11 +1,12 @@
 """Storage URIs: turn a model or data location into a local path.
 
-A plain path or a `file://` URI resolves to itself. Other schemes are looked up in `RESOLVERS`, the seam
-where `gs://` (download to a local cache) plugs in with the Google Cloud backend.
+A plain path or a `file://` URI resolves to itself; a `gs://` URI to a downloaded copy in a local cache.
+Schemes are looked up in `RESOLVERS`.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -20,13 +21,17 @@ def _resolve_file(uri: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def _gs_not_available(uri: str) -> Path:
-    raise Unprocessable(f"{uri}: gs:// URIs are not available yet (they come with the Google Cloud backend); "
-                        "use a local path or a file:// URI")
+def _resolve_gs(uri: str) -> Path:
+    from modelrun import gcs
 
+    return gcs.cached_copy(uri, CACHE_DIR)
+
+
+# Downloads of remote models and data, one folder per content (see gcs.cached_copy).
+CACHE_DIR = Path(tempfile.gettempdir()) / "modelrun-cache"
 
 # scheme -> function(uri) -> local path. Add a scheme here, nowhere else.
-RESOLVERS: dict[str, Callable[[str], Path]] = {"file": _resolve_file, "gs": _gs_not_available}
+RESOLVERS: dict[str, Callable[[str], Path]] = {"file": _resolve_file, "gs": _resolve_gs}
 
 
 def scheme_of(uri: str) -> str:

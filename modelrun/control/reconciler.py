@@ -91,6 +91,9 @@ class Reconciler:
             try:
                 build = self.builder.build(rev)
                 self.references.ensure(rev, build.features)
+            except Unavailable as exc:  # storage or the database did not answer: try again next pass
+                log.warning("%s revision %d: building waits: %s", rev.name, rev.revision, exc.message)
+                return
             except (ModelrunError, OSError) as exc:
                 return self._fail(rev, _reason(exc))
             self.repo.set_revision(rev, state=m.DEPLOYING, artifact=build.artifact, features=build.features,

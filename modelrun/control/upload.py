@@ -63,6 +63,8 @@ class UploadHandler:
             return
         try:
             manifest, model_uri, data_uri = self._read(bucket, name)
+        except Unavailable:
+            raise  # storage did not answer: the event is delivered again, and must not count as handled
         except ModelrunError as exc:
             if self.repo.record_upload(bucket, name, generation, f"invalid: {exc.message}"):
                 raise

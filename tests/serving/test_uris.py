@@ -1,4 +1,4 @@
-"""modelrun.uris: paths and file:// URIs resolve locally; gs:// says it is not available yet."""
+"""modelrun.uris: paths and file:// URIs resolve locally (gs:// is tested against an emulator in tests/gcs)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,6 @@ def test_missing_file_is_not_found(tmp_path):
         resolve_local(f"file://{tmp_path}/nope.keras")
     assert "nope.keras" in error.value.message
     assert resolve_local(tmp_path / "later.keras", must_exist=False) == tmp_path / "later.keras"
-
-
-def test_gs_is_not_available_yet():
-    with pytest.raises(Unprocessable) as error:
-        resolve_local("gs://bucket/model.keras")
-    assert "gs://bucket/model.keras" in error.value.message and "not available yet" in error.value.message
 
 
 @pytest.mark.parametrize("uri, message", [("s3://b/m", "unsupported URI scheme 's3'"), ("", "empty location"),

@@ -1,8 +1,8 @@
 """The control plane's ports (design 3.1): Storage, Builder and Runner, each a small Protocol with a
 registry from the settings' name to an implementation. The deploy logic only sees these Protocols.
 
-Local implementations live here now; Google Cloud ones (Cloud Storage, Cloud Build, Cloud Run) register
-under their own names in the same dicts, and import their heavy clients lazily inside their modules.
+Each implementation is a module of its own, registered here under the name its setting takes
+(MODELRUN_STORAGE=local|gcs, ...); Google Cloud ones import their client libraries lazily.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ def _local_storage(settings: Settings):
     return LocalStorage(settings)
 
 
+def _gcs_storage(settings: Settings):
+    from modelrun.control.backends.gcs_storage import GcsStorage
+    return GcsStorage(settings)
+
+
 def _local_builder(settings: Settings, storage: Storage):
     from modelrun.control.backends.local_builder import LocalBuilder
     return LocalBuilder(settings, storage)
@@ -103,7 +108,7 @@ def _local_runner(settings: Settings):
 
 __all__ = ["Build", "Builder", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
 
-STORAGES = {"local": _local_storage}
+STORAGES = {"local": _local_storage, "gcs": _gcs_storage}
 BUILDERS = {"local": _local_builder}
 RUNNERS = {"local": _local_runner}
 
