@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 65536
     """Largest REST request body (and upload manifest) the control plane reads; larger ones get 413."""
 
+    lease_seconds: float = 300.0
+    """How long one control-plane process may act on a deployment before another may take over (a process
+    that dies holding a deployment delays it this long); longer than any one reconciler step."""
+
     start_timeout: float = 180.0
     """Seconds a model server may take from start to SERVING before its revision is FAILED."""
 

@@ -4,12 +4,16 @@ handler and the reconciler. `functions/main.py` builds one per process, lazily.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import uuid
 
 import flask
 
 from modelrun.control.api import Api
 from modelrun.control.backends import BUILDERS, RUNNERS, STORAGES, choose
+from modelrun.control.leases import Leases
 from modelrun.control.reconciler import Reconciler
 from modelrun.control.references import References
 from modelrun.control.repository import Repository
@@ -41,7 +45,9 @@ class ControlPlane:
         self.api = Api(settings, self.deployments)
         self.uploads = UploadHandler(settings, self.repo, self.storage, self.wake)
         self.references = References(self.engine, self.storage, sample_rows=settings.drift_sample_rows)
-        self.reconciler = Reconciler(settings, self.repo, self.builder, self.runner, self.references)
+        leases = Leases(self.engine, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                        ttl=settings.lease_seconds)
+        self.reconciler = Reconciler(settings, self.repo, self.builder, self.runner, self.references, leases)
 
     def handle_api(self, request: flask.Request) -> flask.Response:
         """The REST API of design 2.2 (never raises; errors are JSON responses)."""

@@ -19,6 +19,7 @@ from datetime import timedelta
 from modelrun.control import inspect
 from modelrun.control import models as m
 from modelrun.control.backends import Builder, Runner
+from modelrun.control.leases import Leases
 from modelrun.control.references import References
 from modelrun.control.repository import Repository, utcnow
 from modelrun.errors import ModelrunError, Unavailable
@@ -29,25 +30,37 @@ log = logging.getLogger(__name__)
 
 class Reconciler:
     def __init__(self, settings: Settings, repo: Repository, builder: Builder, runner: Runner,
-                 references: References):
+                 references: References, leases: Leases):
         self.settings = settings
         self.repo = repo
+        self.leases = leases
         self.builder = builder
         self.runner = runner
         self.references = references
         self._reference_tried: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()  # one pass at a time in this process
+        self._lock = threading.Lock()  # one pass at a time in this process; leases keep processes apart
 
     def run_once(self) -> None:
         with self._lock:
             for name in self.repo.names():
+                if not self.leases.acquire(name):
+                    continue  # another control-plane process is acting on it now
                 try:
                     self._deployment(name)
                 except Unavailable:
                     raise
                 except Exception:  # one broken deployment must not stop the others
                     log.exception("reconciling deployment %s failed; retrying next pass", name)
-            self.runner.sweep(self.repo.live_runtimes())
+                finally:
+                    self.leases.release(name)
+            self.runner.sweep(self._owned)
+
+    def _owned(self) -> tuple[list[tuple[str, int, dict]], set[str]]:
+        """What no sweep may stop: every live revision's server, and every deployment another process holds
+        the lease of (it may be starting a server it has not recorded yet). Read after the runner listed its
+        servers, so a server started since is never in that list."""
+        busy = self.leases.held_by_others()
+        return self.repo.live_runtimes(), busy
 
     def stop_all(self) -> None:
         """Stop every server this home runs. Revisions keep their state and forget the process, so the
@@ -63,7 +76,7 @@ class Reconciler:
             except Exception:  # the database is gone: the pidfiles still name every server
                 log.warning("could not read the deployments while stopping; stopping by pidfile", exc_info=True)
             finally:
-                self.runner.sweep([])
+                self.runner.sweep(lambda: ([], set()))
 
     # ---- one deployment --------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
   builder made (`artifact`) and what the runner started (`runtime`, backend-specific JSON).
 - `deployment_events`: the status history (deployment, revision, from → to, message, time).
 - `upload_events`: finalize events already handled, keyed by (bucket, object, generation).
+- `reconcile_leases`: which control-plane process acts on a deployment now, until when.
 
 Strings stay under MySQL's index limits; times are naive UTC.
 """
@@ -84,4 +85,12 @@ upload_events = sa.Table(
     sa.Column("deployment", sa.String(63), nullable=True),
     sa.Column("outcome", _TEXT, nullable=False),
     sa.Column("ts", _TIME, nullable=False),
+)
+
+leases = sa.Table(
+    "reconcile_leases",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),  # a deployment's name
+    sa.Column("holder", sa.String(64), nullable=False),  # host:pid:random of the process that holds it
+    sa.Column("expires_at", _TIME, nullable=False),
 )

@@ -7,6 +7,7 @@ Each implementation is a module of its own, registered here under the name its s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -82,8 +83,9 @@ class Runner(Protocol):
     def stop(self, runtime: dict) -> None:
         """Stop it and wait until it is gone; safe to repeat."""
 
-    def sweep(self, live: list[tuple[str, int, dict]]) -> None:
-        """Stop servers this home started that no revision in `live` (name, revision, runtime) owns."""
+    def sweep(self, owned: Callable[[], tuple[list[tuple[str, int, dict]], set[str]]]) -> None:
+        """Stop servers this runner started that nothing owns. List the servers first, then call `owned()`:
+        (live revisions as (name, revision, runtime), names of deployments whose servers must be kept)."""
 
 
 def _local_storage(settings: Settings):

@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -108,11 +109,13 @@ class LocalRunner:
             if _read_json(pidfile).get("pid") == pid:
                 pidfile.unlink(missing_ok=True)
 
-    def sweep(self, live: list[tuple[str, int, dict]]) -> None:
-        owned = {(name, revision, runtime.get("pid")) for name, revision, runtime in live}
-        for pidfile in sorted(self.settings.run_dir.glob("*.pid")):
+    def sweep(self, owned: Callable[[], tuple[list[tuple[str, int, dict]], set[str]]]) -> None:
+        pidfiles = sorted(self.settings.run_dir.glob("*.pid"))
+        live, busy = owned()
+        keep = {(name, revision, runtime.get("pid")) for name, revision, runtime in live}
+        for pidfile in pidfiles:
             info = _read_json(pidfile)
-            if (info.get("name"), info.get("revision"), info.get("pid")) in owned:
+            if (info.get("name"), info.get("revision"), info.get("pid")) in keep or info.get("name") in busy:
                 continue
             if info.get("pid"):
                 log.warning("stopping stray model server %s (pid %s)", pidfile.stem, info["pid"])
