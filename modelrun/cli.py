@@ -22,6 +22,9 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (errors.NoGoogleCredentials, errors.IdTokenRefused) as exc:  # Google Cloud sign-in
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
         except errors.Unauthenticated:
             settings = _settings()
             click.echo(f"error: the modelrun API at {settings.api} refused the token — set MODELRUN_TOKEN, or "
