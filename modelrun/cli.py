@@ -100,7 +100,9 @@ def cli():
 
     Run `modelrun up` in one terminal, then deploy, predict, update and delete from another. The
     environment picks the target: MODELRUN_API (default http://127.0.0.1:8080), MODELRUN_TOKEN
-    (default: the token `modelrun up` wrote in MODELRUN_HOME, default ~/.modelrun).
+    (default: the token `modelrun up` wrote in MODELRUN_HOME, default ~/.modelrun). On Google Cloud
+    the API and the model servers get ID tokens from Application Default Credentials instead
+    (MODELRUN_ID_TOKEN: auto, always or never).
     """
 
 
