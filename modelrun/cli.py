@@ -22,6 +22,9 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (errors.NoGoogleCredentials, errors.IdTokenRefused) as exc:  # Google Cloud sign-in
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
         except errors.Unauthenticated:
             settings = _settings()
             click.echo(f"error: the modelrun API at {settings.api} refused the token — set MODELRUN_TOKEN, or "
@@ -97,7 +100,9 @@ def cli():
 
     Run `modelrun up` in one terminal, then deploy, predict, update and delete from another. The
     environment picks the target: MODELRUN_API (default http://127.0.0.1:8080), MODELRUN_TOKEN
-    (default: the token `modelrun up` wrote in MODELRUN_HOME, default ~/.modelrun).
+    (default: the token `modelrun up` wrote in MODELRUN_HOME, default ~/.modelrun). On Google Cloud
+    the API and the model servers get ID tokens from Application Default Credentials instead
+    (MODELRUN_ID_TOKEN: auto, always or never).
     """
 
 

@@ -12,6 +12,7 @@ when predicting).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -20,11 +21,13 @@ from typing import Any
 
 import httpx
 
-from modelrun import errors
+from modelrun import errors, idtoken
 from modelrun.client_grpc import EndpointGone, Target
+from modelrun.idtoken import IdTokens
 from modelrun.settings import Settings
 
 TERMINAL = ("READY", "FAILED")
+_FIRST_PAUSE, _LAST_PAUSE = 0.1, 2.0  # seconds between retries of an unavailable endpoint
 _BY_STATUS = {
     400: errors.InvalidInput,
     401: errors.Unauthenticated,
@@ -41,12 +44,25 @@ class Client:
     """REST calls to the control plane and `predict` to a deployment's gRPC endpoint. Thread-safe."""
 
     def __init__(self, api: str | None = None, token: str | None = None, *, settings: Settings | None = None,
-                 timeout: float = 30.0, refresh_after: float = 2.0):
+                 timeout: float = 30.0, refresh_after: float = 2.0, id_tokens: IdTokens | None = None,
+                 transport: httpx.BaseTransport | None = None, tls_credentials=None):
+        """`api`, `token`: override MODELRUN_API / MODELRUN_TOKEN. Google Cloud endpoints (see
+        `MODELRUN_ID_TOKEN`) get ID tokens from `id_tokens` (default: Application Default Credentials)
+        instead of the token. `transport` (httpx) and `tls_credentials` (gRPC channel credentials for
+        https endpoints) are for tests: a mock API, a loopback server standing in for Cloud Run."""
         settings = settings or Settings()
         self.api = (api or settings.api).rstrip("/")
-        token = token or settings.resolved_token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.api, headers=headers, timeout=timeout)
+        self._id_token_mode = settings.id_token
+        self._id_tokens = id_tokens or IdTokens()
+        self._grpc_options = {"tls_credentials": tls_credentials, "max_message_bytes": settings.grpc_max_message_bytes}
+        self._api_audience = None
+        auth, headers = None, {}
+        if idtoken.wanted(self.api, settings.id_token):  # the `api` Cloud Function behind IAM
+            self._api_audience = idtoken.audience(self.api)
+            auth = idtoken.HttpxIdTokenAuth(self._id_tokens, self._api_audience)
+        elif token := token or settings.resolved_token():
+            headers = {"Authorization": f"Bearer {token}"}
+        self._http = httpx.Client(base_url=self.api, headers=headers, auth=auth, timeout=timeout, transport=transport)
         self.refresh_after = refresh_after
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}  # deployment name -> its endpoint and input metadata
@@ -138,6 +154,10 @@ class Client:
             raise errors.Unavailable(f"the modelrun API at {self.api} did not answer: {exc}") from None
         if response.is_success:
             return response.json() if response.content else {}
+        if self._api_audience and response.status_code in (401, 403):  # IAM in front of the function
+            raise errors.IdTokenRefused(
+                f"the modelrun API at {self.api} refused the ID token for {self._api_audience} (HTTP "
+                f"{response.status_code}); the caller needs {idtoken.INVOKER} on the `api` function")
         raise _error_from(response)
 
     # -- predictions ------------------------------------------------------------------------------------
@@ -151,19 +171,25 @@ class Client:
         features in the order the deployment's `features` gives (the training data's column order).
 
         The endpoint and the model's inputs are cached (see `_target`). When the server is unavailable
-        (an update moved the deployment to a new server, or it is restarting) the endpoint is looked up
-        again and the request retried for up to `retry_for` seconds, with the same request `id`, so the
-        prediction log can tell a retry from a new request.
+        (an update moved the deployment to a new server, it is restarting, Cloud Run scaled it in) the
+        endpoint is looked up again and the request retried, with the same request `id` so the prediction
+        log can tell a retry from a new request, after pauses of 0.1 s doubling up to 2 s, for up to
+        `retry_for` seconds. Each attempt waits at most `timeout` seconds, a retry no longer than
+        `retry_for` leaves.
         """
         rows = list(rows)
         if not rows:
             return []
         request_id = uuid.uuid4().hex
-        deadline = time.monotonic() + retry_for
+        start = time.monotonic()
+        deadline, attempt, pause = start + retry_for, 0, _FIRST_PAUSE
         while True:
+            attempt += 1
+            # Each attempt has a deadline: `timeout`, and no later than `retry_for` allows for a retry.
+            budget = timeout if attempt == 1 else max(min(timeout, deadline - time.monotonic()), 0.1)
             try:
                 target = self._target(name)
-                return target.infer(rows, request_id, timeout)
+                return target.infer(rows, request_id, budget)
             except (EndpointGone, errors.Unavailable) as exc:
                 with self._lock:
                     known = self._targets.get(name)
@@ -172,9 +198,14 @@ class Client:
                         raise errors.Unavailable(f"deployment {name!r} did not answer: {exc}") from None
                     raise
                 known.resolved_at = float("-inf")  # ask the API where it is now
-                if time.monotonic() > deadline:
-                    raise errors.Unavailable(f"deployment {name!r} did not answer: {exc}") from None
-                time.sleep(0.1)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise errors.Unavailable(
+                        f"deployment {name!r} at {known.endpoint} did not answer: {exc} (gave up after {attempt} "
+                        f"attempt{'s' if attempt > 1 else ''} in {time.monotonic() - start:.1f}s)") from None
+                # Exponential backoff with jitter (Cloud Run scales in with GOAWAY; a restart takes a while).
+                time.sleep(min(pause * random.uniform(0.5, 1.0), left))
+                pause = min(pause * 2, _LAST_PAUSE)
 
     def _target(self, name: str) -> Target:
         """The cached endpoint of `name`, checked against the API every `refresh_after` seconds.
@@ -202,7 +233,9 @@ class Client:
         with self._lock:
             current = self._targets.get(name)
             if current is None or current.endpoint != deployment["endpoint"]:
-                self._targets[name] = Target(deployment)  # new endpoint; threads on the old one finish there
+                # A new endpoint; threads on the old one finish there.
+                tokens = self._id_tokens if idtoken.wanted(deployment["endpoint"], self._id_token_mode) else None
+                self._targets[name] = Target(deployment, id_tokens=tokens, **self._grpc_options)
                 return self._targets[name]
         current.refresh(deployment)  # same endpoint, maybe another revision behind it (Cloud Run)
         return current

@@ -12,9 +12,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelrun import errors
+
+if TYPE_CHECKING:
+    from modelrun.idtoken import IdTokens
 
 Deployment = dict[str, Any]
 
@@ -33,9 +36,16 @@ class EndpointGone(Exception):
 
 
 class Target:
-    """One deployment's gRPC endpoint, its model's inputs and the feature order of its training data."""
+    """One deployment's gRPC endpoint, its model's inputs and the feature order of its training data.
 
-    def __init__(self, deployment: Deployment):
+    An `https://host[:port]` endpoint (Cloud Run) is reached over TLS, port 443 unless given; with
+    `id_tokens`, every call carries an ID token whose audience is the endpoint's URL. `tls_credentials`
+    replaces the TLS channel credentials (tests pass `grpc.local_channel_credentials()` to reach a
+    loopback server as if it were Cloud Run). Other endpoints (`host:port`, the local stack) are cleartext.
+    """
+
+    def __init__(self, deployment: Deployment, *, id_tokens: IdTokens | None = None, tls_credentials=None,
+                 max_message_bytes: int = 64 * 1024 * 1024):
         import grpc
 
         from modelrun.proto import inference_pb2_grpc
@@ -46,12 +56,25 @@ class Target:
         self.revision = deployment.get("serving_revision")
         self.features = _feature_order(deployment)
         endpoint = deployment["endpoint"]
+        self.id_tokens = self.audience = None
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   # Cloud Run's front end keeps idle connections; a ping every 5 minutes while calls are
+                   # open notices a dead one without being taken for a flood (servers allow one per 5 min).
+                   ("grpc.keepalive_time_ms", 300_000), ("grpc.keepalive_timeout_ms", 20_000),
+                   ("grpc.keepalive_permit_without_calls", 0)]
         if endpoint.startswith("https://"):
-            host = endpoint.removeprefix("https://").rstrip("/")
-            self.channel = grpc.secure_channel(f"{host}:443" if ":" not in host else host,
-                                               grpc.ssl_channel_credentials())
+            host = endpoint.removeprefix("https://").split("/")[0]
+            credentials = tls_credentials or grpc.ssl_channel_credentials()
+            if id_tokens is not None:
+                from modelrun.idtoken import audience, call_credentials
+
+                self.id_tokens, self.audience = id_tokens, audience(endpoint)
+                credentials = grpc.composite_channel_credentials(
+                    credentials, call_credentials(id_tokens, self.audience))
+            self.channel = grpc.secure_channel(f"{host}:443" if ":" not in host else host, credentials, options)
         else:
-            self.channel = grpc.insecure_channel(endpoint.removeprefix("http://").rstrip("/"))
+            self.channel = grpc.insecure_channel(endpoint.removeprefix("http://").rstrip("/"), options)
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self._inputs: list | None = None
         self._lock = threading.Lock()
@@ -124,16 +147,34 @@ class Target:
     def _rpc(self, method, request, timeout):
         import grpc
 
+        if self.id_tokens is not None:
+            # gRPC would report a token that cannot be had as UNAVAILABLE from its own thread: fetch it
+            # here first, so missing credentials are an error of their own (the call then reuses it).
+            self.id_tokens.token(self.audience)
         try:
             return method(request, timeout=timeout)
         except grpc.RpcError as exc:
             code, detail = exc.code(), exc.details() or str(exc.code())
             if code.name in _RETRY:
                 raise EndpointGone(detail) from None
+            if code.name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                raise self._refused(code.name, detail) from None
             cls = {"INVALID_ARGUMENT": errors.InvalidInput, "NOT_FOUND": errors.NotFound,
                    "RESOURCE_EXHAUSTED": errors.TooLarge, "FAILED_PRECONDITION": errors.Unprocessable,
                    "DEADLINE_EXCEEDED": errors.Unavailable}.get(code.name, errors.ModelrunError)
             raise cls(f"{self.model}: {detail}") from None
+
+    def _refused(self, code: str, detail: str) -> errors.IdTokenRefused:
+        if self.id_tokens is None:
+            return errors.IdTokenRefused(
+                f"the endpoint {self.endpoint} of {self.model} wants a signed-in caller ({code}: {detail}); "
+                f"set MODELRUN_ID_TOKEN=always to send it an ID token from your Google credentials")
+        from modelrun.idtoken import INVOKER
+
+        self.id_tokens.forget(self.audience)  # the next call fetches a new one
+        return errors.IdTokenRefused(
+            f"the endpoint {self.endpoint} of {self.model} refused the ID token for {self.audience} "
+            f"({code}: {detail}); the caller needs {INVOKER} on its Cloud Run service")
 
     def close(self) -> None:
         self.channel.close()

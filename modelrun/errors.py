@@ -60,3 +60,18 @@ class Unavailable(ModelrunError):
     grpc_code = "UNAVAILABLE"
     http_status = 503
     code = "unavailable"
+
+
+class NoGoogleCredentials(Unauthenticated):
+    """No Application Default Credentials that can sign an ID token for a Google Cloud endpoint."""
+
+    code = "no_google_credentials"
+
+
+class IdTokenRefused(Unauthenticated):
+    """A Cloud Run endpoint or the `api` function refused the caller: its ID token (no invoker role, a
+    wrong audience), or the lack of one."""
+
+    grpc_code = "PERMISSION_DENIED"
+    http_status = 403
+    code = "id_token_refused"

@@ -27,6 +27,16 @@ class Settings(BaseSettings):
     token: str | None = None
     """Bearer token for the REST API. Unset: read from $MODELRUN_HOME/token (written by the first `modelrun up`)."""
 
+    id_token: Literal["auto", "always", "never"] = "auto"
+    """Whether the CLI and the Python client sign in to Google Cloud endpoints with an ID token from
+    Application Default Credentials (audience: the endpoint's URL) instead of sending `token`: `auto`
+    for https URLs on `*.run.app` (Cloud Run model servers) and `*.cloudfunctions.net` (the `api`
+    function), `always` for every https URL (a custom domain in front of them), `never` to send none.
+    Cleartext (http://, host:port) endpoints never get one."""
+
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message the client sends or receives (a big batch of rows or of predictions)."""
+
     database_url: str | None = None
     """SQLAlchemy URL for deployments and predictions. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
 
