@@ -11,6 +11,7 @@ that never use Cloud SQL never load it.
 from __future__ import annotations
 
 import atexit
+import importlib
 import math
 import re
 import threading
@@ -27,6 +28,7 @@ IP_TYPES = ("public", "private", "psc")
 
 # SQLAlchemy driver -> the connector's name for it.
 DRIVERS = {"pymysql": "pymysql", "pg8000": "pg8000"}
+_DBAPI = {"pymysql": "pymysql", "pg8000": "pg8000.dbapi"}  # where each driver's DB-API errors live
 
 # Serverless instances (Cloud Run, Cloud Functions) have few concurrent users each and Cloud SQL has a
 # connection limit shared by all of them: keep few connections, recycle them before the server's idle cut-off.
@@ -98,9 +100,17 @@ class CloudSql:
             io_seconds = max(1, math.ceil(io_timeout))
             kwargs.update(read_timeout=io_seconds, write_timeout=io_seconds)
         connect, instance = self.connect or _shared_connect, self.instance
+        dbapi = importlib.import_module(_DBAPI[driver])
 
         def creator():
-            return connect(instance, driver, **kwargs)
+            try:
+                return connect(instance, driver, **kwargs)
+            except dbapi.Error:
+                raise
+            except Exception as exc:  # the connector's own failures (credentials, Admin API, timeouts): as the
+                # driver's OperationalError, so callers see "database unavailable" as for any database that is down
+                raise dbapi.OperationalError(f"Cloud SQL connector, instance {instance}: "
+                                             f"{type(exc).__name__}: {exc}") from exc
 
         return {**POOL, "creator": creator}
 
