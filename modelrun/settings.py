@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from modelrun.db.cloudsql import CloudSql
 
 
 class Settings(BaseSettings):
@@ -39,6 +42,19 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     """SQLAlchemy URL for deployments and predictions. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
+
+    cloudsql_iam_auth: bool = False
+    """Cloud SQL IAM database authentication: no password; the URL's user is the service account's IAM database
+    user (PostgreSQL: `sa-name@project.iam`, written `sa-name%40project.iam` in the URL; MySQL: `sa-name`)."""
+
+    cloudsql_ip_type: Literal["public", "private", "psc"] = "public"
+    """Which address of the Cloud SQL instance to connect to: `public`, `private` (VPC) or `psc` (Private
+    Service Connect)."""
+
+    cloudsql_instance: str | None = None
+    """Cloud SQL instance connection name, `project:region:instance`. Set: connections go through the Cloud SQL
+    connector, and `database_url` names only driver, user, optional password and database
+    (`postgresql+pg8000://modelrun@/modelrun`, `mysql+pymysql://modelrun:secret@/modelrun`)."""
 
     storage: str = "local"
     """Storage backend: `local` (a folder as the bucket) or `gcs` (Cloud Storage: gs:// URIs; the client
@@ -101,6 +117,16 @@ class Settings(BaseSettings):
     """Seconds a hole in the prediction log's ids may stay open (a writer's transaction still running)
     before drift stops waiting for it."""
 
+    @field_validator("cloudsql_instance")
+    @classmethod
+    def _check_cloudsql(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return checked_cloudsql_instance(value, info)
+
+    @property
+    def cloudsql(self) -> CloudSql | None:
+        """How to reach Cloud SQL, for `make_engine`; None when the database is not on Cloud SQL."""
+        return cloudsql_of(self)
+
     @property
     def dashboard_dir(self) -> Path:
         """Where the local Storage publishes the drift dashboard (served at /dashboard/ by `modelrun up`)."""
@@ -151,3 +177,24 @@ class Settings(BaseSettings):
             return self.token_file.read_text().strip() or None
         except OSError:
             return None
+
+
+def checked_cloudsql_instance(value: str | None, info: ValidationInfo) -> str | None:
+    """`cloudsql_instance` after checking it and the database URL it goes with (declared before it); blank is unset.
+    Shared with the model server's settings."""
+    if value is None or not value.strip():
+        return None
+    from modelrun.db.cloudsql import settings_problem
+
+    problem = settings_problem(value.strip(), info.data.get("database_url"), info.data.get("cloudsql_iam_auth", False))
+    if problem:
+        raise ValueError(problem)
+    return value.strip()
+
+
+def cloudsql_of(settings) -> CloudSql | None:
+    if not settings.cloudsql_instance:
+        return None
+    from modelrun.db.cloudsql import CloudSql
+
+    return CloudSql(settings.cloudsql_instance, iam_auth=settings.cloudsql_iam_auth, ip_type=settings.cloudsql_ip_type)

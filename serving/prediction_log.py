@@ -30,6 +30,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
+from modelrun.db.cloudsql import CloudSql
 from modelrun.db.predictions import encode_rows, insert_ignoring_duplicates, predictions, rows_of
 from serving.prediction_journal import Journal, read_rows
 
@@ -130,13 +131,15 @@ def _describe(entry: PredictionRecord | PredictionBatch) -> str:
 
 class PredictionLogger:
     def __init__(self, database_url: str, deployment: str, *, sample_rate: float = 1.0, journal_dir: Path,
-                 queue_size: int = 10000, batch_rows: int = 500, flush_interval: float = 0.05):
+                 queue_size: int = 10000, batch_rows: int = 500, flush_interval: float = 0.05,
+                 cloudsql: CloudSql | None = None):
         """`queue_size` counts entries (so up to queue_size x max batch size requests) held in memory before
-        log() spills to the journal; `batch_rows` is about how many rows one transaction writes."""
+        log() spills to the journal; `batch_rows` is about how many rows one transaction writes; `cloudsql`
+        reaches the database through the Cloud SQL connector (see `make_engine`)."""
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
         self.deployment = deployment
-        self._url, self._sample_rate = database_url, sample_rate
+        self._url, self._cloudsql, self._sample_rate = database_url, cloudsql, sample_rate
         self._queue_size, self._batch_rows, self._flush_interval = queue_size, max(1, batch_rows), flush_interval
         self._queue: deque[PredictionRecord] = deque()
         self._wake = threading.Event()
@@ -192,7 +195,7 @@ class PredictionLogger:
         """Create the table if missing (when the database answers) and start the writer thread, which
         first replays journals left by earlier runs."""
         self._journal_dir.mkdir(parents=True, exist_ok=True)
-        self._engine = make_engine(self._url, connect_timeout=2.0, io_timeout=_IO_TIMEOUT)
+        self._engine = make_engine(self._url, connect_timeout=2.0, io_timeout=_IO_TIMEOUT, cloudsql=self._cloudsql)
         try:
             create_schema(self._engine)
         except Exception as error:

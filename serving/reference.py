@@ -13,21 +13,26 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from modelrun.db.cloudsql import CloudSql
 
 log = logging.getLogger("serving.reference")
 BATCH_ROWS = 4096
 
 
 def profile_outputs(model, *, database_url: str, deployment: str, revision: int, training_data: Path,
-                    features: list[str] | None, sample_rows: int) -> None:
-    """Store the outputs' reference profile of (deployment, revision) unless one is stored already."""
+                    features: list[str] | None, sample_rows: int, cloudsql: CloudSql | None = None) -> None:
+    """Store the outputs' reference profile of (deployment, revision) unless one is stored already
+    (`cloudsql`: reach the database through the Cloud SQL connector, see `make_engine`)."""
     from modelrun.db import create_schema, make_engine, write_transaction
     from modelrun.drift import store
 
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, cloudsql=cloudsql)
     try:
         create_schema(engine)
         p = store.profiles

@@ -143,9 +143,10 @@ def _profile_outputs(model, settings: ServingSettings) -> None:
     from serving.reference import profile_outputs
 
     try:
-        profile_outputs(model, database_url=settings.resolved_database_url, deployment=settings.model_name,
-                        revision=settings.revision, training_data=settings.training_data,
-                        features=settings.feature_names, sample_rows=settings.reference_rows)
+        profile_outputs(model, database_url=settings.resolved_database_url, cloudsql=settings.cloudsql,
+                        deployment=settings.model_name, revision=settings.revision,
+                        training_data=settings.training_data, features=settings.feature_names,
+                        sample_rows=settings.reference_rows)
     except Exception as exc:  # the database is down: drift of the outputs waits, predictions do not
         log.warning("could not store the outputs' drift reference: %s", str(exc).splitlines()[0][:300])
 
@@ -155,7 +156,7 @@ def _make_logger(settings: ServingSettings):
         return None
     from serving.prediction_log import PredictionLogger
 
-    return PredictionLogger(settings.resolved_database_url, settings.model_name,
+    return PredictionLogger(settings.resolved_database_url, settings.model_name, cloudsql=settings.cloudsql,
                             sample_rate=settings.log_sample_rate, journal_dir=settings.resolved_journal_dir)
 
 

@@ -7,10 +7,15 @@ Built once in `serving.__main__` and passed down; nothing else in serving reads 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from modelrun.settings import checked_cloudsql_instance, cloudsql_of
+
+if TYPE_CHECKING:
+    from modelrun.db.cloudsql import CloudSql
 
 MIB = 1024 * 1024
 
@@ -33,6 +38,19 @@ class ServingSettings(BaseSettings):
 
     database_url: str | None = None
     """SQLAlchemy URL of the prediction log. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
+
+    cloudsql_iam_auth: bool = False
+    """Cloud SQL IAM database authentication: no password; the URL's user is the service account's IAM database
+    user (PostgreSQL: `sa-name@project.iam`, written `sa-name%40project.iam` in the URL; MySQL: `sa-name`)."""
+
+    cloudsql_ip_type: Literal["public", "private", "psc"] = "public"
+    """Which address of the Cloud SQL instance to connect to: `public`, `private` (VPC) or `psc` (Private
+    Service Connect)."""
+
+    cloudsql_instance: str | None = None
+    """Cloud SQL instance connection name, `project:region:instance`. Set: the prediction log is reached through
+    the Cloud SQL connector, and `database_url` names only driver, user, optional password and database
+    (`postgresql+pg8000://modelrun@/modelrun`, `mysql+pymysql://modelrun:secret@/modelrun`)."""
 
     revision: int = Field(default=1, ge=1)
     """The deployment revision this server runs; reported as the model version and logged with each prediction."""
@@ -88,6 +106,16 @@ class ServingSettings(BaseSettings):
                 raise ValueError("empty name in the comma-separated list")
             return names or None
         return value
+
+    @field_validator("cloudsql_instance")
+    @classmethod
+    def _check_cloudsql(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return checked_cloudsql_instance(value, info)
+
+    @property
+    def cloudsql(self) -> CloudSql | None:
+        """How to reach Cloud SQL, for `make_engine`; None when the database is not on Cloud SQL."""
+        return cloudsql_of(self)
 
     @property
     def resolved_database_url(self) -> str:

@@ -34,7 +34,7 @@ class ControlPlane:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.wake = threading.Event()
-        self.engine = make_engine(settings.resolved_database_url)
+        self.engine = make_engine(settings.resolved_database_url, cloudsql=settings.cloudsql)
         self.repo = Repository(self.engine)
         self.storage = choose(STORAGES, "storage", settings.storage)(settings)
         self.builder = choose(BUILDERS, "builder", settings.builder)(settings, self.storage)

@@ -2,7 +2,8 @@
 
 The tables live in their own modules (`predictions`, and the control plane's) and register on
 `metadata`; `create_schema` creates whatever is missing (tables, and columns added to a table since it
-was created: `migrate`) and is safe to run from many processes.
+was created: `migrate`) and is safe to run from many processes. Cloud SQL is reached through its connector
+(`cloudsql`), chosen by passing `make_engine` a `CloudSql`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+
+from modelrun.db.cloudsql import CloudSql
 
 metadata = sa.MetaData()
 log = logging.getLogger("modelrun.db")
@@ -30,16 +33,21 @@ def normalize_url(url: str) -> sa.URL:
     return parsed
 
 
-def make_engine(url: str, *, connect_timeout: float = 3.0, io_timeout: float = 30.0) -> sa.Engine:
+def make_engine(url: str, *, connect_timeout: float = 3.0, io_timeout: float = 30.0,
+                cloudsql: CloudSql | None = None) -> sa.Engine:
     """A pooled engine with short timeouts, so a database that is down fails fast instead of hanging.
 
     `connect_timeout` bounds connecting (and, on SQLite, waiting for another writer's lock);
     `io_timeout` bounds waiting for the server's answer to one statement on MySQL and PostgreSQL.
+    With `cloudsql`, connections go through the Cloud SQL connector and `url` names no host
+    (InvalidInput otherwise).
     """
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
     kwargs: dict = {"pool_pre_ping": True}
-    if backend == "sqlite":
+    if cloudsql is not None:
+        kwargs = cloudsql.engine_options(parsed, connect_timeout=connect_timeout, io_timeout=io_timeout)
+    elif backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": connect_timeout}

@@ -56,6 +56,10 @@ class LocalRunner:
             "MODELRUN_HOME": str(self.settings.home_dir),
             "MODELRUN_TRAINING_DATA": str(bundle / manifest["training_data"]),
             "MODELRUN_REFERENCE_ROWS": str(self.settings.drift_sample_rows),
+            # the control plane's Cloud SQL settings, even when they came from code rather than the environment
+            "MODELRUN_CLOUDSQL_INSTANCE": self.settings.cloudsql_instance or "",
+            "MODELRUN_CLOUDSQL_IAM_AUTH": str(self.settings.cloudsql_iam_auth).lower(),
+            "MODELRUN_CLOUDSQL_IP_TYPE": self.settings.cloudsql_ip_type,
         }
         for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
             if rev.config.get(key) is not None:
