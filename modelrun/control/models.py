@@ -151,6 +151,7 @@ class Revision:
     training_data_uri: str
     config: dict
     features: list[str] | None = None
+    build: dict | None = None  # the builder's handle of a build still running (a later pass resumes it)
     artifact: str | None = None
     runtime: dict | None = None
     endpoint: str | None = None

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from modelrun.control import inspect
 from modelrun.control import models as m
-from modelrun.control.backends import Builder, Runner
+from modelrun.control.backends import Builder, Pending, Runner
 from modelrun.control.leases import Leases
 from modelrun.control.references import References
 from modelrun.control.repository import Repository, utcnow
@@ -103,20 +103,24 @@ class Reconciler:
         if rev.state == m.BUILDING:
             try:
                 build = self.builder.build(rev)
+                if isinstance(build, Pending):
+                    if build.handle != rev.build:
+                        self.repo.set_revision(rev, build=build.handle, message=build.message, event=True)
+                    return
                 self.references.ensure(rev, build.features)
             except Unavailable as exc:  # storage or the database did not answer: try again next pass
                 log.warning("%s revision %d: building waits: %s", rev.name, rev.revision, exc.message)
                 return
             except (ModelrunError, OSError) as exc:
                 return self._fail(rev, _reason(exc))
-            self.repo.set_revision(rev, state=m.DEPLOYING, artifact=build.artifact, features=build.features,
-                                   message="starting the model server")
+            self.repo.set_revision(rev, state=m.DEPLOYING, build=None, artifact=build.artifact,
+                                   features=build.features, message="starting the model server")
         if rev.state == m.DEPLOYING:
             return self._deploying(rev, previous, serving)
         if rev.state == m.READY:
             self._reference(rev)
             return self._supervise(rev)
-        if rev.state == m.FAILED and (rev.runtime or rev.artifact):
+        if rev.state == m.FAILED and (rev.runtime or rev.artifact or rev.build):
             self._fail(rev, rev.error or "failed")
 
     def _deploying(self, rev: m.Revision, previous: m.Revision | None, serving: bool = False) -> None:
@@ -146,6 +150,7 @@ class Reconciler:
             inspect.check_inputs(self.runner.model_inputs(rev.runtime, rev.name), rev.features or [])
         except ModelrunError as exc:
             return self._fail(rev, exc.message)
+        self.runner.serve(rev.runtime, previous.runtime if previous else None)
         drain_until = utcnow() + timedelta(seconds=self.settings.drain_grace)
         self.repo.switch_serving(rev, previous, drain_until)
         log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)
@@ -194,32 +199,33 @@ class Reconciler:
                     limit, reason, delay)
 
     def _fail(self, rev: m.Revision, reason: str) -> None:
-        if rev.runtime:
-            self.runner.stop(rev.runtime)
-        if rev.artifact:
-            self.builder.remove(rev.artifact)
-        self.repo.set_revision(rev, state=m.FAILED, error=reason, runtime=None, artifact=None, deadline=None)
+        self._release(rev)
+        self.repo.set_revision(rev, state=m.FAILED, error=reason, runtime=None, build=None, artifact=None,
+                               deadline=None)
         log.warning("%s revision %d FAILED: %s", rev.name, rev.revision, reason)
 
     def _retire(self, rev: m.Revision, newest: int) -> None:
         if rev.state == m.DRAINING and rev.runtime and rev.deadline and utcnow() < rev.deadline:
             return
-        if rev.state in (m.FAILED, m.RETIRED) and not rev.runtime and not rev.artifact:
+        if rev.state in (m.FAILED, m.RETIRED) and not rev.runtime and not rev.artifact and not rev.build:
             return
+        self._release(rev)
+        state = m.FAILED if rev.state == m.FAILED else m.RETIRED
+        self.repo.set_revision(rev, state=state, runtime=None, build=None, artifact=None, deadline=None,
+                               message=f"stopped: superseded by revision {newest}")
+
+    def _release(self, rev: m.Revision) -> None:
+        """Stop what the revision has running and remove what was built for it (each step safe to repeat)."""
+        if rev.build:
+            self.builder.cancel(rev.build)
         if rev.runtime:
             self.runner.stop(rev.runtime)
         if rev.artifact:
             self.builder.remove(rev.artifact)
-        state = m.FAILED if rev.state == m.FAILED else m.RETIRED
-        self.repo.set_revision(rev, state=state, runtime=None, artifact=None, deadline=None,
-                               message=f"stopped: superseded by revision {newest}")
 
     def _teardown(self, dep_id: int, name: str, revs: list[m.Revision]) -> None:
         for rev in revs:
-            if rev.runtime:
-                self.runner.stop(rev.runtime)
-            if rev.artifact:
-                self.builder.remove(rev.artifact)
+            self._release(rev)
         self.builder.remove_all(name)
         self.repo.remove(dep_id, name)
         log.info("deployment %s deleted", name)

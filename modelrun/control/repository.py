@@ -186,7 +186,7 @@ class Repository:
         (of a state change, or with `event` of this change whatever the state)."""
         def work(conn):
             now = utcnow()
-            values = {k: (json.dumps(v) if k in ("runtime", "features", "config") and v is not None else v)
+            values = {k: (json.dumps(v) if k in ("runtime", "features", "config", "build") and v is not None else v)
                       for k, v in changes.items()}
             where = (revisions.c.deployment_id == rev.deployment_id) & (revisions.c.revision == rev.revision)
             before = conn.execute(sa.select(revisions.c.state).where(where)).scalar()
@@ -306,5 +306,5 @@ class Repository:
         return m.Revision(
             deployment_id=dep_id, name=name, revision=r.revision, state=r.state, model_uri=r.model_uri,
             training_data_uri=r.training_data_uri, config=_loads(r.config) or {}, features=_loads(r.features),
-            artifact=r.artifact, runtime=_loads(r.runtime), endpoint=r.endpoint, error=r.error,
+            build=_loads(r.build), artifact=r.artifact, runtime=_loads(r.runtime), endpoint=r.endpoint, error=r.error,
             deadline=r.deadline, restarts=r.restarts, crashed_at=r.crashed_at, retry_at=r.retry_at)

@@ -43,11 +43,22 @@ class Build:
     features: list[str]  # training-data columns the model's inputs must match (label removed)
 
 
+@dataclass
+class Pending:
+    handle: dict  # JSON-able; stored as the revision's `build`, so any later pass (or process) resumes it
+    message: str  # what users see while it runs ("building the image (Cloud Build 1234…)")
+
+
 class Builder(Protocol):
     """Turns a revision's model + training data into something the runner can start."""
 
-    def build(self, rev: Revision) -> Build:
-        """Validate and stage the revision; idempotent (a finished build is reused). Unprocessable on bad input."""
+    def build(self, rev: Revision) -> Build | Pending:
+        """Validate and stage the revision, or start doing so and return Pending (`rev.build` then holds the
+        handle on later calls: look at that build, never start a second one). Idempotent: a finished build
+        is reused. Unprocessable on bad input or a failed build, with the reason."""
+
+    def cancel(self, handle: dict) -> None:
+        """Stop a build that is still running (its revision failed or was deleted); safe to repeat."""
 
     def remove(self, artifact: str) -> None:
         """Delete what `build` made; safe to repeat."""
@@ -80,6 +91,10 @@ class Runner(Protocol):
     def model_inputs(self, runtime: dict, name: str) -> list[TensorSpec]:
         """The model's inputs as the running server reports them (ModelMetadata)."""
 
+    def serve(self, runtime: dict, previous: dict | None = None, percent: int = 100) -> None:
+        """Send `percent` of the deployment's traffic to this revision and the rest to `previous` (called when it
+        is ready, before the control plane records it as serving). Locally a no-op: the endpoint moves."""
+
     def stop(self, runtime: dict) -> None:
         """Stop it and wait until it is gone; safe to repeat."""
 
@@ -108,7 +123,7 @@ def _local_runner(settings: Settings):
     return LocalRunner(settings)
 
 
-__all__ = ["Build", "Builder", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
+__all__ = ["Build", "Builder", "Pending", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
 
 STORAGES = {"local": _local_storage, "gcs": _gcs_storage}
 BUILDERS = {"local": _local_builder}

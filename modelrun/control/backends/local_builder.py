@@ -68,6 +68,9 @@ class LocalBuilder:
                                                 "features": features}))
         return features
 
+    def cancel(self, handle: dict) -> None:
+        pass  # local builds finish within `build`
+
     def remove(self, artifact: str) -> None:
         path = Path(artifact)
         if path.is_relative_to(self.root):

@@ -102,6 +102,9 @@ class LocalRunner:
             raise Unprocessable(f"the model server did not describe its model: {exc.details()}") from None
         return [TensorSpec(i.name, i.datatype, list(i.shape)) for i in reply.inputs]
 
+    def serve(self, runtime: dict, previous: dict | None = None, percent: int = 100) -> None:
+        pass  # clients follow the deployment's endpoint, which the control plane moves
+
     def stop(self, runtime: dict) -> None:
         pid = runtime["pid"]
         if self._owned(runtime):
