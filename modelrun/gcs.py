@@ -31,10 +31,12 @@ RETRY_SECONDS = 60.0
 TIMEOUT_SECONDS = 30.0
 
 
-def _call() -> dict:
+def _call(deadline: float | None = None) -> dict:
+    """Retry and timeout for one call: RETRY_SECONDS in all, or `deadline` when it is shorter."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return {"retry": DEFAULT_RETRY.with_timeout(RETRY_SECONDS), "timeout": TIMEOUT_SECONDS}
+    budget = RETRY_SECONDS if deadline is None else min(deadline, RETRY_SECONDS)
+    return {"retry": DEFAULT_RETRY.with_timeout(budget), "timeout": min(TIMEOUT_SECONDS, budget)}
 
 
 @dataclass(frozen=True)
@@ -159,14 +161,46 @@ def _download_folder(bucket, where: GsUri, tmp: Path) -> None:
         raise Unprocessable(f"{where} does not exist (no object of that name, and no objects under {prefix})")
 
 
-def upload(uri: str, data: bytes, content_type: str, *, cache_control: str | None = None) -> None:
+def upload(uri: str, data: bytes, content_type: str, *, cache_control: str | None = None,
+           deadline: float | None = None) -> None:
     """Write one object whole (a single request: readers see the old object or the new one)."""
     where = parse(uri)
     with _errors(uri):
         blob = client().bucket(where.bucket).blob(where.name)
         if cache_control:
             blob.cache_control = cache_control
-        blob.upload_from_string(data, content_type=content_type, **_call())
+        blob.upload_from_string(data, content_type=content_type, **_call(deadline))
+
+
+def list_objects(bucket: str, prefix: str) -> list:
+    """The objects whose names start with `prefix` (each with .name and .generation)."""
+    with _errors(f"gs://{bucket}/{prefix}"):
+        return list(client().list_blobs(bucket, prefix=prefix, **_call()))
+
+
+def download_generation(bucket: str, name: str, generation: int, dest: Path) -> bool:
+    """Download exactly that generation of an object; False when it is gone or was replaced."""
+    from google.api_core import exceptions as gexc
+
+    with _errors(f"gs://{bucket}/{name}"):
+        try:
+            client().bucket(bucket).blob(name, generation=generation).download_to_filename(str(dest), **_call())
+        except gexc.NotFound:
+            dest.unlink(missing_ok=True)
+            return False
+    return True
+
+
+def delete(bucket: str, name: str, *, if_generation_match: int | None = None) -> bool:
+    """Delete an object (only that generation, when given); False when it was gone or replaced."""
+    from google.api_core import exceptions as gexc
+
+    with _errors(f"gs://{bucket}/{name}"):
+        try:
+            client().bucket(bucket).blob(name).delete(if_generation_match=if_generation_match, **_call())
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            return False
+    return True
 
 
 class _errors:

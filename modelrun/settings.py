@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     restart_backoff: float = 1.0
     """Seconds before restarting after the first crash; doubles with each crash within the window."""
 
+    journal_uri: str | None = None
+    """gs://BUCKET/PREFIX where model servers keep the prediction-log journal when they stop before the
+    database took it (Cloud Run); each reconciler pass replays what is there. Passed to the model servers."""
+
     drift_interval: float = 60.0
     """Seconds between drift refreshes in `modelrun up` (on Google Cloud a scheduler calls the `drift` function)."""
 
@@ -116,6 +120,11 @@ class Settings(BaseSettings):
     drift_gap_grace: float = 120.0
     """Seconds a hole in the prediction log's ids may stay open (a writer's transaction still running)
     before drift stops waiting for it."""
+
+    @field_validator("journal_uri")
+    @classmethod
+    def _check_journal_uri(cls, value: str | None) -> str | None:
+        return checked_journal_uri(value)
 
     @field_validator("cloudsql_instance")
     @classmethod
@@ -189,6 +198,20 @@ def checked_cloudsql_instance(value: str | None, info: ValidationInfo) -> str | 
     problem = settings_problem(value.strip(), info.data.get("database_url"), info.data.get("cloudsql_iam_auth", False))
     if problem:
         raise ValueError(problem)
+    return value.strip()
+
+
+def checked_journal_uri(value: str | None) -> str | None:
+    """`journal_uri` after checking it names a Cloud Storage folder; blank is unset. Shared with the model server."""
+    if value is None or not value.strip():
+        return None
+    from modelrun import gcs
+    from modelrun.errors import InvalidInput
+
+    try:
+        gcs.parse(value.strip().rstrip("/") + "/")
+    except InvalidInput as exc:
+        raise ValueError(exc.message.replace(" a bucket, not an object", " a bucket; add a folder")) from None
     return value.strip()
 
 

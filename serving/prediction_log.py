@@ -32,13 +32,16 @@ import sqlalchemy as sa
 from modelrun.db import create_schema, make_engine
 from modelrun.db.cloudsql import CloudSql
 from modelrun.db.predictions import encode_rows, insert_ignoring_duplicates, predictions, rows_of
+from modelrun.errors import ModelrunError
 from serving.prediction_journal import Journal, read_rows
+from serving.remote_journal import RemoteJournal
 
 log = logging.getLogger("modelrun.predictions")
 
 _PROBE_FIRST, _PROBE_MAX = 0.2, 3.0  # seconds between database probes while it is down (doubling)
 _IO_TIMEOUT = 5.0  # a batch INSERT the database has not answered by then counts as a failure
 _CLOSE_RESERVE = 1.0  # of close()'s timeout, kept for journaling what the database did not take
+_REMOTE_SECONDS = 1.5  # for uploading the journal at shutdown (Cloud Run's 10 s after SIGTERM are nearly up)
 
 
 @dataclass
@@ -132,10 +135,11 @@ def _describe(entry: PredictionRecord | PredictionBatch) -> str:
 class PredictionLogger:
     def __init__(self, database_url: str, deployment: str, *, sample_rate: float = 1.0, journal_dir: Path,
                  queue_size: int = 10000, batch_rows: int = 500, flush_interval: float = 0.05,
-                 cloudsql: CloudSql | None = None):
+                 cloudsql: CloudSql | None = None, remote_journal: RemoteJournal | None = None):
         """`queue_size` counts entries (so up to queue_size x max batch size requests) held in memory before
         log() spills to the journal; `batch_rows` is about how many rows one transaction writes; `cloudsql`
-        reaches the database through the Cloud SQL connector (see `make_engine`)."""
+        reaches the database through the Cloud SQL connector (see `make_engine`); `remote_journal` keeps the
+        journal in Cloud Storage when the process stops, and replays what earlier instances kept there."""
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
         self.deployment = deployment
@@ -159,6 +163,7 @@ class PredictionLogger:
         self._kept_before = 0
         self._next_probe, self._backoff = 0.0, _PROBE_FIRST
         self._replay_needed = True
+        self._remote, self._remote_pending = remote_journal, remote_journal is not None
         self._replayed = {"files": 0, "rows": 0, "new": 0, "bad": 0}
         self._quiet_until = 0.0
         self.counts = {"written": 0, "journaled": 0, "spilled": 0, "rejected": 0}
@@ -222,12 +227,22 @@ class PredictionLogger:
             log.warning("prediction log: database did not take %d rows within %.1fs of shutdown; kept them in "
                         "the journal %s", len(leftovers), timeout, self._journal_dir)
         self._spill.close()
+        if thread is None or not thread.is_alive():
+            self._journal.close()
+        self._keep_remotely()
         log.info("prediction log closed: %(written)d rows written, %(journaled)d journaled, %(spilled)d spilled "
                  "from a full queue, %(rejected)d refused", self.counts)
-        if thread is None or not thread.is_alive():  # a stuck writer still owns its journal
-            self._journal.close()
-            if self._engine is not None:
-                self._engine.dispose()
+        if (thread is None or not thread.is_alive()) and self._engine is not None:  # a stuck writer still
+            self._engine.dispose()  # owns its journal and its connection
+
+    def _keep_remotely(self) -> None:
+        """The instance's disk goes with it: journal files still here go to Cloud Storage."""
+        files = sorted(self._journal_dir.glob(f"{self._journal.prefix}*.jsonl"))
+        if self._remote is None or not files:
+            return
+        kept = self._remote.upload(files, seconds=_REMOTE_SECONDS)
+        log.warning("prediction log: kept %d journal file(s) in gs://%s/%s for the next instance to replay",
+                    kept, self._remote.bucket, self._remote.prefix)
 
     # ---- the writer thread -------------------------------------------------------------------------
 
@@ -367,8 +382,25 @@ class PredictionLogger:
                 self._replayed["rows"] += rows
                 self._replayed["bad"] += bad
                 return
+        if self._remote_pending:
+            self._remote_pending = False  # once per start; the control plane replays what comes later
+            self._replay_remote()
         self._replay_needed = False
         self._report_replay()
+
+    def _replay_remote(self) -> None:
+        try:
+            objects, rows = self._remote.replay(self._replay_chunk, self._batch_rows)
+        except ModelrunError as error:  # Cloud Storage: the control plane's reconciler replays it later
+            log.warning("prediction log: could not replay the journal kept in gs://%s/%s: %s", self._remote.bucket,
+                        self._remote.prefix, error.message)
+            return
+        except Exception as error:  # the database: try again once it is back
+            self._remote_pending = True
+            self._went_down(error)
+            return
+        self._replayed["files"] += objects
+        self._replayed["rows"] += rows
 
     def _report_replay(self) -> None:
         done, self._replayed = self._replayed, {"files": 0, "rows": 0, "new": 0, "bad": 0}

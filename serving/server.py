@@ -156,8 +156,14 @@ def _make_logger(settings: ServingSettings):
         return None
     from serving.prediction_log import PredictionLogger
 
+    remote = None
+    if settings.journal_uri:
+        from serving.remote_journal import RemoteJournal
+
+        remote = RemoteJournal(settings.journal_uri, settings.model_name)
     return PredictionLogger(settings.resolved_database_url, settings.model_name, cloudsql=settings.cloudsql,
-                            sample_rate=settings.log_sample_rate, journal_dir=settings.resolved_journal_dir)
+                            sample_rate=settings.log_sample_rate, journal_dir=settings.resolved_journal_dir,
+                            remote_journal=remote)
 
 
 async def _build_server(settings: ServingSettings, dataplane: DataPlane):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from modelrun.settings import checked_cloudsql_instance, cloudsql_of
+from modelrun.settings import checked_cloudsql_instance, checked_journal_uri, cloudsql_of
 
 if TYPE_CHECKING:
     from modelrun.db.cloudsql import CloudSql
@@ -89,6 +89,10 @@ class ServingSettings(BaseSettings):
     """Where unwritten prediction-log rows are kept while the database is unreachable.
     Unset: $MODELRUN_HOME/journal/<model name>."""
 
+    journal_uri: str | None = None
+    """gs://BUCKET/PREFIX: when the server stops, journal files still waiting for the database go there
+    (on Cloud Run the disk is memory and goes with the instance); the next instance replays them."""
+
     home: Path = Path("~/.modelrun")
     """Local state folder (the default database and journal live here)."""
 
@@ -111,6 +115,11 @@ class ServingSettings(BaseSettings):
     @classmethod
     def _check_cloudsql(cls, value: str | None, info: ValidationInfo) -> str | None:
         return checked_cloudsql_instance(value, info)
+
+    @field_validator("journal_uri")
+    @classmethod
+    def _check_journal_uri(cls, value: str | None) -> str | None:
+        return checked_journal_uri(value)
 
     @property
     def cloudsql(self) -> CloudSql | None:

@@ -4,15 +4,18 @@ handler and the reconciler. `functions/main.py` builds one per process, lazily.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import uuid
 
 import flask
+import sqlalchemy as sa
 
 from modelrun.control.api import Api
 from modelrun.control.backends import BUILDERS, RUNNERS, STORAGES, choose
+from modelrun.control.journals import Journals
 from modelrun.control.leases import Leases
 from modelrun.control.reconciler import Reconciler
 from modelrun.control.references import References
@@ -21,7 +24,10 @@ from modelrun.control.service import Deployments
 from modelrun.control.upload import UploadHandler
 from modelrun.db import make_engine
 from modelrun.drift.service import DriftService
+from modelrun.errors import ModelrunError
 from modelrun.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class ControlPlane:
@@ -47,6 +53,7 @@ class ControlPlane:
         self.references = References(self.engine, self.storage, sample_rows=settings.drift_sample_rows)
         leases = Leases(self.engine, holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                         ttl=settings.lease_seconds)
+        self.journals = Journals(self.engine, settings.journal_uri)
         self.reconciler = Reconciler(settings, self.repo, self.builder, self.runner, self.references, leases)
 
     def handle_api(self, request: flask.Request) -> flask.Response:
@@ -62,8 +69,14 @@ class ControlPlane:
         self.wake.set()
 
     def reconcile_once(self) -> None:
-        """One pass over every deployment; thread-safe (passes are serialized)."""
+        """One pass over every deployment, then a replay of the prediction journals model servers kept in
+        Cloud Storage when they stopped (with `journal_uri`); thread-safe (passes are serialized)."""
         self.reconciler.run_once()
+        try:
+            self.journals.replay()
+        except (ModelrunError, sa.exc.SQLAlchemyError) as exc:  # storage or database down: the next pass retries
+            log.warning("could not replay the prediction journals kept in %s: %s", self.settings.journal_uri,
+                        getattr(exc, "message", None) or str(exc).splitlines()[0])
 
     def handle_drift(self, request: flask.Request) -> flask.Response:
         """The `drift` function (a scheduler calls it): refresh every deployment; a summary as JSON."""

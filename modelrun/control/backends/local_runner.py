@@ -60,6 +60,7 @@ class LocalRunner:
             "MODELRUN_CLOUDSQL_INSTANCE": self.settings.cloudsql_instance or "",
             "MODELRUN_CLOUDSQL_IAM_AUTH": str(self.settings.cloudsql_iam_auth).lower(),
             "MODELRUN_CLOUDSQL_IP_TYPE": self.settings.cloudsql_ip_type,
+            "MODELRUN_JOURNAL_URI": self.settings.journal_uri or "",
         }
         for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
             if rev.config.get(key) is not None:
