@@ -91,6 +91,10 @@ def _finish(deployment: dict, as_json: bool, verb: str, elapsed: float | None = 
     if not as_json:
         took = f" in {elapsed:.1f}s" if elapsed is not None else ""
         click.echo(f"{name} {verb}{took}: READY at {deployment.get('endpoint')} (revision {serving})")
+        if deployment.get("canary"):
+            from modelrun.cli_output import canary_line
+
+            click.echo(f"canary: {canary_line(deployment['canary'])}")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,6 +174,44 @@ def _uri(value: str | None) -> str | None:
     if not path.exists():
         raise errors.InvalidInput(f"{value}: no such file or folder")
     return str(path.resolve())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Block until the canary serves all the traffic.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --wait.")
+@json_option
+def promote(name, wait, timeout, as_json):
+    """Give NAME's canary (an update with config canary_percent) all the traffic."""
+    _canary(name, wait, timeout, as_json, "promote")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Block until the serving revision has all the traffic again.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait with --wait.")
+@json_option
+def rollback(name, wait, timeout, as_json):
+    """Drop NAME's canary: the revision serving before it gets all the traffic again."""
+    _canary(name, wait, timeout, as_json, "rollback")
+
+
+def _canary(name, wait, timeout, as_json, action) -> None:
+    from modelrun.cli_output import echo_json
+
+    client = _client()
+    deployment = getattr(client, action)(name, wait=wait, timeout=timeout)
+    if as_json:
+        echo_json(deployment)
+    elif not wait:
+        click.echo(f"{name}: {action} requested (revision {deployment['revision']})")
+    elif action == "promote" and deployment.get("serving_revision") == deployment.get("revision"):
+        click.echo(f"{name}: revision {deployment['revision']} serves all the traffic at {deployment['endpoint']}")
+    elif action == "promote":
+        click.echo(f"error: {name}: the canary did not take over: {deployment.get('error')}", err=True)
+        sys.exit(1)
+    else:
+        click.echo(f"{name}: rolled back; revision {deployment['serving_revision']} serves all the traffic")
 
 
 @cli.command(name="list")

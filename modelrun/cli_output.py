@@ -100,11 +100,13 @@ def deployment_detail(d: dict) -> None:
     from rich.table import Table
 
     table = Table(box=None, show_header=False)
-    for key in ("name", "status", "endpoint", "revision", "model_uri", "training_data_uri", "config",
+    for key in ("name", "status", "endpoint", "revision", "canary", "model_uri", "training_data_uri", "config",
                 "features", "error", "created_at", "updated_at"):
         value = d.get(key)
         if key == "status":
             value = _status(d)
+        elif key == "canary" and value:
+            value = canary_line(value)
         elif key == "features" and isinstance(value, list):
             value = ", ".join(map(str, value))
         elif isinstance(value, dict | list):
@@ -112,6 +114,11 @@ def deployment_detail(d: dict) -> None:
         if value not in (None, "", {}) or key in ("status", "endpoint"):
             table.add_row(f"[bold]{key}[/bold]", str(value if value is not None else "-"))
     Console().print(table, highlight=False)
+
+
+def canary_line(canary: dict) -> str:
+    return (f"revision {canary['revision']} gets {canary['percent']}% of the traffic (on its own at "
+            f"{canary['endpoint']}) until `modelrun promote` or `modelrun rollback`")
 
 
 def _status(d: dict) -> str:

@@ -98,6 +98,24 @@ class Client:
         deployment = self._call("PATCH", f"/deployments/{name}", json=body)
         return self.wait(name, timeout, on_progress, revision=deployment.get("revision")) if wait else deployment
 
+    def promote(self, name: str, *, wait: bool = False, timeout: float = 120.0) -> Deployment:
+        """Give the canary all the traffic. With `wait`, return once it serves (or failed)."""
+        return self._canary(name, "promote", wait, timeout)
+
+    def rollback(self, name: str, *, wait: bool = False, timeout: float = 120.0) -> Deployment:
+        """Drop the canary; the serving revision gets all the traffic again. With `wait`, return once done."""
+        return self._canary(name, "rollback", wait, timeout)
+
+    def _canary(self, name: str, action: str, wait: bool, timeout: float) -> Deployment:
+        deployment = self._call("POST", f"/deployments/{name}/{action}")
+        deadline = time.monotonic() + timeout
+        while wait and deployment.get("canary") is not None:
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"deployment {name!r} still has its canary after {timeout:.0f}s")
+            time.sleep(0.25)
+            deployment = self.get(name)
+        return deployment
+
     def delete(self, name: str, *, wait: bool = False, timeout: float = 120.0) -> Deployment | None:
         """Delete (DELETE). With `wait`, return once the deployment is gone."""
         deployment = self._call("DELETE", f"/deployments/{name}")

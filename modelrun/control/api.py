@@ -23,6 +23,7 @@ OPENAPI = resources.files("modelrun.control") / "openapi.yaml"  # package data (
 _ITEM = re.compile(r"^/deployments/([^/]+)$")
 _EVENTS = re.compile(r"^/deployments/([^/]+)/events$")
 _DRIFT = re.compile(r"^/deployments/([^/]+)/drift$")
+_CANARY = re.compile(r"^/deployments/([^/]+)/(promote|rollback)$")
 
 
 class MethodNotAllowed(ModelrunError):
@@ -85,6 +86,10 @@ class Api:
         if match := _DRIFT.match(path):
             return _allow(method, "GET") or _json(200, self.deployments.drift(match.group(1),
                                                                               request.args.get("window") or None))
+        if match := _CANARY.match(path):
+            name, action = match.groups()
+            ask = self.deployments.promote if action == "promote" else self.deployments.rollback
+            return _allow(method, "POST") or _json(202, ask(name).to_json())
         raise NotFound(f"no route {path}; the API is described at /openapi.yaml")
 
     def _authenticate(self, request: flask.Request) -> None:

@@ -18,8 +18,10 @@ from modelrun.errors import InvalidInput
 
 PENDING, BUILDING, DEPLOYING, READY, FAILED, DELETING = "PENDING", "BUILDING", "DEPLOYING", "READY", "FAILED", "DELETING"
 STATUSES = (PENDING, BUILDING, DEPLOYING, READY, FAILED, DELETING)
-# Revision-only states: the previous revision after a switch, then stopped for good.
-DRAINING, RETIRED = "DRAINING", "RETIRED"
+# Revision-only states: a new revision that gets a share of the traffic until it is promoted or rolled back
+# (its deployment stays READY), the previous revision after a switch, then stopped for good.
+CANARY, DRAINING, RETIRED = "CANARY", "DRAINING", "RETIRED"
+PROMOTE, ROLLBACK = "promote", "rollback"  # what a user asks of a canary
 
 NAME_RULE = ("a deployment name must be a lowercase DNS label: 1 to 40 characters of a-z, 0-9 and '-', "
              "starting with a letter and not ending with '-'")
@@ -43,6 +45,8 @@ class DeploymentConfig(BaseModel):
     label: str | None = Field(default=None, min_length=1, max_length=255)
     log_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     max_batch_size: int | None = Field(default=None, ge=1, le=65536)
+    canary_percent: int | None = Field(default=None, ge=1, le=99)
+    """An update's new revision first gets this share of the traffic, until `promote` or `rollback`."""
     drift: DriftConfig | None = None
 
 
@@ -129,13 +133,14 @@ class Deployment:
     created_at: datetime
     updated_at: datetime
     features: list[str] | None = None
+    canary: dict | None = None  # {"revision", "percent", "endpoint"} while a new revision is on trial
 
     def to_json(self) -> dict:
         return {
             "name": self.name, "status": self.status, "endpoint": self.endpoint, "model_uri": self.model_uri,
             "training_data_uri": self.training_data_uri, "config": self.config, "revision": self.revision,
-            "serving_revision": self.serving_revision, "features": self.features, "error": self.error,
-            "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
+            "serving_revision": self.serving_revision, "features": self.features, "canary": self.canary,
+            "error": self.error, "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
         }
 
 
@@ -152,6 +157,7 @@ class Revision:
     config: dict
     features: list[str] | None = None
     build: dict | None = None  # the builder's handle of a build still running (a later pass resumes it)
+    action: str | None = None  # PROMOTE or ROLLBACK, asked of a CANARY revision and not yet carried out
     artifact: str | None = None
     runtime: dict | None = None
     endpoint: str | None = None

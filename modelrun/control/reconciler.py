@@ -117,6 +117,8 @@ class Reconciler:
                                    features=build.features, message="starting the model server")
         if rev.state == m.DEPLOYING:
             return self._deploying(rev, previous, serving)
+        if rev.state == m.CANARY:
+            return self._canary(rev, previous)
         if rev.state == m.READY:
             self._reference(rev)
             return self._supervise(rev)
@@ -150,10 +152,34 @@ class Reconciler:
             inspect.check_inputs(self.runner.model_inputs(rev.runtime, rev.name), rev.features or [])
         except ModelrunError as exc:
             return self._fail(rev, exc.message)
+        percent = rev.config.get("canary_percent")
+        if previous is not None and percent:
+            self.runner.serve(rev.runtime, previous.runtime, percent)
+            self.repo.set_revision(rev, state=m.CANARY, deadline=None,
+                                   message=f"canary at {rev.endpoint}: {percent}% of the traffic, revision "
+                                           f"{previous.revision} the rest, until promoted or rolled back")
+            return
+        self._switch(rev, previous)
+
+    def _switch(self, rev: m.Revision, previous: m.Revision | None) -> None:
         self.runner.serve(rev.runtime, previous.runtime if previous else None)
         drain_until = utcnow() + timedelta(seconds=self.settings.drain_grace)
         self.repo.switch_serving(rev, previous, drain_until)
         log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)
+
+    def _canary(self, rev: m.Revision, previous: m.Revision | None) -> None:
+        """A canary carries out what was asked of it; without a revision beside it, it takes all traffic."""
+        if rev.action == m.ROLLBACK:
+            if previous is not None:
+                self.runner.serve(previous.runtime, None)
+            return self._fail(rev, "rolled back on request")
+        if rev.action == m.PROMOTE or previous is None:
+            self.repo.set_revision(rev, action=None)
+            return self._switch(rev, previous)
+        probe = self.runner.probe(rev.runtime)
+        if probe.state == "exited":
+            self.runner.serve(previous.runtime, None)
+            self._fail(rev, f"the canary stopped: {probe.reason or 'its model server exited'}")
 
     def _reference(self, rev: m.Revision) -> None:
         """A revision that was READY before drift monitoring existed gets its reference now (one try per
@@ -201,7 +227,7 @@ class Reconciler:
     def _fail(self, rev: m.Revision, reason: str) -> None:
         self._release(rev)
         self.repo.set_revision(rev, state=m.FAILED, error=reason, runtime=None, build=None, artifact=None,
-                               deadline=None)
+                               deadline=None, action=None)
         log.warning("%s revision %d FAILED: %s", rev.name, rev.revision, reason)
 
     def _retire(self, rev: m.Revision, newest: int) -> None:

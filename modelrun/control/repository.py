@@ -32,18 +32,26 @@ def _loads(text: str | None):
 
 
 _serving = revisions.alias("serving")
-# A deployment row plus the feature columns of its serving revision (NULL while nothing serves).
-_SELECT = sa.select(deployments, _serving.c.features.label("serving_features")).select_from(
+_latest = revisions.alias("latest")
+# A deployment row plus the feature columns of its serving revision (NULL while nothing serves) and the
+# state and endpoint of its newest revision (a canary's).
+_SELECT = sa.select(deployments, _serving.c.features.label("serving_features"),
+                    _latest.c.state.label("latest_state"), _latest.c.endpoint.label("latest_endpoint")).select_from(
     deployments.outerjoin(_serving, (_serving.c.deployment_id == deployments.c.id)
-                          & (_serving.c.revision == deployments.c.serving_revision)))
+                          & (_serving.c.revision == deployments.c.serving_revision))
+    .outerjoin(_latest, (_latest.c.deployment_id == deployments.c.id) & (_latest.c.revision == deployments.c.revision)))
 
 
 def _deployment(row) -> m.Deployment:
+    config = _loads(row.config) or {}
+    canary = None
+    if row.latest_state == m.CANARY:
+        canary = {"revision": row.revision, "percent": config.get("canary_percent"), "endpoint": row.latest_endpoint}
     return m.Deployment(
         name=row.name, status=row.status, endpoint=row.endpoint, model_uri=row.model_uri,
-        training_data_uri=row.training_data_uri, config=_loads(row.config) or {}, revision=row.revision,
-        serving_revision=row.serving_revision, features=_loads(row.serving_features), error=row.error,
-        created_at=row.created_at, updated_at=row.updated_at,
+        training_data_uri=row.training_data_uri, config=config, revision=row.revision,
+        serving_revision=row.serving_revision, features=_loads(row.serving_features), canary=canary,
+        error=row.error, created_at=row.created_at, updated_at=row.updated_at,
     )
 
 
@@ -60,6 +68,8 @@ def derive_status(status: str, latest: str, latest_error: str | None, revision: 
         if serving is not None and serving != revision:
             return m.READY, f"update to revision {revision} failed, revision {serving} keeps serving: {latest_error}"
         return m.FAILED, latest_error
+    if latest == m.CANARY:  # the previous revision serves the rest of the traffic
+        return m.READY, None
     return latest, None
 
 
@@ -148,6 +158,20 @@ class Repository:
             return self._tx(lambda conn: self._claim_upload(conn, bucket, obj, generation, None, outcome))
         except sa.exc.IntegrityError:
             return False
+
+    def ask_canary(self, name: str, action: str) -> m.Deployment:
+        """Record PROMOTE or ROLLBACK for the deployment's canary; Conflict when it has none."""
+        def work(conn):
+            found = self._get(conn, name)
+            if found.canary is None:
+                raise Conflict(f"deployment '{name}' has no canary to {action} (there is one while an update "
+                               f"with config.canary_percent is on trial)")
+            dep_id = conn.execute(sa.select(deployments.c.id).where(deployments.c.name == name)).scalar()
+            conn.execute(revisions.update().where((revisions.c.deployment_id == dep_id)
+                                                  & (revisions.c.revision == found.revision)).values(action=action))
+            self._event(conn, name, found.revision, m.CANARY, m.CANARY, f"{action} requested", utcnow())
+            return found
+        return self._tx(work)
 
     def events(self, name: str) -> list[dict]:
         def work(conn):
@@ -306,5 +330,5 @@ class Repository:
         return m.Revision(
             deployment_id=dep_id, name=name, revision=r.revision, state=r.state, model_uri=r.model_uri,
             training_data_uri=r.training_data_uri, config=_loads(r.config) or {}, features=_loads(r.features),
-            build=_loads(r.build), artifact=r.artifact, runtime=_loads(r.runtime), endpoint=r.endpoint, error=r.error,
+            build=_loads(r.build), action=r.action, artifact=r.artifact, runtime=_loads(r.runtime), endpoint=r.endpoint, error=r.error,
             deadline=r.deadline, restarts=r.restarts, crashed_at=r.crashed_at, retry_at=r.retry_at)

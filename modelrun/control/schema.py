@@ -51,6 +51,7 @@ revisions = sa.Table(
     sa.Column("config", _TEXT, nullable=False),
     sa.Column("features", _TEXT, nullable=True),  # JSON list: training-data feature columns
     sa.Column("build", _TEXT, nullable=True),  # a build still running, as the builder's JSON handle
+    sa.Column("action", sa.String(16), nullable=True),  # CANARY: "promote" or "rollback", asked by a user
     sa.Column("artifact", _TEXT, nullable=True),  # builder output: bundle folder / image
     sa.Column("runtime", _TEXT, nullable=True),  # runner handle as JSON: {pid, port, ...} / service
     sa.Column("endpoint", sa.String(512), nullable=True),

@@ -52,6 +52,19 @@ class Deployments:
         self.wake.set()
         return deleting
 
+    def promote(self, name: str) -> m.Deployment:
+        """Ask that the canary get all the traffic (the reconciler moves it)."""
+        return self._ask(name, m.PROMOTE)
+
+    def rollback(self, name: str) -> m.Deployment:
+        """Ask that the canary be dropped and the serving revision get all the traffic again."""
+        return self._ask(name, m.ROLLBACK)
+
+    def _ask(self, name: str, action: str) -> m.Deployment:
+        found = self.repo.ask_canary(m.check_name(name), action)
+        self.wake.set()
+        return found
+
     def events(self, name: str) -> list[dict]:
         self.repo.get(m.check_name(name))
         return self.repo.events(name)

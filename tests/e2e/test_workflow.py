@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,35 @@ def _ready(client, name):
     except errors.NotFound:
         return None
     return deployment if deployment["status"] in ("READY", "FAILED") else None
+
+
+def test_canary_update_then_promote_and_rollback(stack, models, tmp_path):
+    deploy(stack, "trial", models["v1"], models["dense8_csv"])
+    canary = tmp_path / "canary.json"
+    canary.write_text(json.dumps({"canary_percent": 10}))
+    updated = stack.cli("update", "trial", "--model", str(models["v2"]), "--config", str(canary), "--wait")
+    assert "canary: revision 2 gets 10% of the traffic" in updated.stdout, updated.stdout
+    shown = stack.cli_json("get", "trial")
+    assert (shown["status"], shown["serving_revision"], shown["canary"]["revision"]) == ("READY", 1, 2)
+    assert shown["canary"]["endpoint"] != shown["endpoint"]  # locally the canary answers on its own endpoint
+
+    promoted = stack.cli_json("promote", "trial", "--wait")
+    assert (promoted["serving_revision"], promoted["canary"]) == (2, None)
+    assert promoted["endpoint"] == shown["canary"]["endpoint"]
+    assert "no canary to promote" in one_error_line(stack.cli("promote", "trial", check=False))
+
+    stack.cli("update", "trial", "--model", str(models["v1"]), "--config", str(canary), "--wait")
+    rolled = stack.cli("rollback", "trial", "--wait")
+    assert "rolled back; revision 2 serves all the traffic" in rolled.stdout
+    after = stack.cli_json("get", "trial")
+    assert (after["status"], after["serving_revision"], after["revision"], after["canary"]) == ("READY", 2, 3, None)
+    assert "rolled back on request" in after["error"]
+    assert after["endpoint"] == promoted["endpoint"]
+
+    def trial_servers() -> list[int]:
+        return [pid for pid in serving_processes(stack.home)
+                if b"trial" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+
+    wait_until(lambda: len(trial_servers()) == 1, timeout=60,
+               what="the rolled-back canary's and the replaced revision's servers to stop")
+    stack.cli("delete", "trial", "--wait")
