@@ -30,3 +30,8 @@ def on_upload(cloud_event):
 @functions_framework.http
 def drift(request):
     return control_plane().handle_drift(request)
+
+
+@functions_framework.http
+def reconcile(request):
+    return control_plane().handle_reconcile(request)

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 65536
     """Largest REST request body (and upload manifest) the control plane reads; larger ones get 413."""
 
+    reconcile_on_write: bool = False
+    """Run one reconciler pass right after each API write and deploying upload, before answering (set it for
+    Cloud Functions, where nothing runs between requests; `modelrun up` has its own loop)."""
+
     lease_seconds: float = 300.0
     """How long one control-plane process may act on a deployment before another may take over (a process
     that dies holding a deployment delays it this long); longer than any one reconciler step."""

@@ -47,15 +47,28 @@ class Api:
 
     def handle_drift(self, request: flask.Request, refresh) -> flask.Response:
         """The `drift` function: authenticate like the API, refresh, answer each deployment's verdicts."""
+        def answer() -> dict:
+            reports = refresh()
+            return {"deployments": {name: {r["window"]["id"]: r["status"] for r in windows}
+                                    for name, windows in reports.items()}}
+        return self._scheduled(request, "drift", answer)
+
+    def handle_reconcile(self, request: flask.Request, reconcile) -> flask.Response:
+        """The `reconcile` function: authenticate like the API, run one pass, answer every status."""
+        def answer() -> dict:
+            reconcile()
+            return {"deployments": {d.name: d.status for d in self.deployments.list()}}
+        return self._scheduled(request, "reconcile", answer)
+
+    def _scheduled(self, request: flask.Request, what: str, answer) -> flask.Response:
+        """A function Cloud Scheduler calls: authenticated like the API, errors mapped the same way."""
         try:
             self._authenticate(request)
-            reports = refresh()
-            return _json(200, {"deployments": {name: {r["window"]["id"]: r["status"] for r in windows}
-                                               for name, windows in reports.items()}})
+            return _json(200, answer())
         except ModelrunError as exc:
             return _error(exc.http_status, exc.code, exc.message)
         except Exception:
-            log.exception("unexpected error in the drift function")
+            log.exception("unexpected error in the %s function", what)
             return _error(500, "internal", "internal error; the control-plane log has the details")
 
     def _route(self, request: flask.Request) -> flask.Response:

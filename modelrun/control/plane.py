@@ -58,11 +58,30 @@ class ControlPlane:
 
     def handle_api(self, request: flask.Request) -> flask.Response:
         """The REST API of design 2.2 (never raises; errors are JSON responses)."""
-        return self.api.handle(request)
+        response = self.api.handle(request)
+        self._reconcile_after_write()
+        return response
 
     def handle_upload(self, event) -> None:
         """A `google.cloud.storage.object.v1.finalized` CloudEvent (design 2.3)."""
         self.uploads.handle(event)
+        self._reconcile_after_write()
+
+    def handle_reconcile(self, request: flask.Request) -> flask.Response:
+        """The `reconcile` function (Cloud Scheduler calls it every minute): one pass; the statuses by name."""
+        return self.api.handle_reconcile(request, self.reconcile_once)
+
+    def _reconcile_after_write(self) -> None:
+        """With `reconcile_on_write` (Cloud Functions, where no loop runs beside the request), a write is
+        followed by one pass before the response, so a deploy starts now rather than at the next
+        scheduled pass. Steps are short: builds and Cloud Run operations run on their own."""
+        if not (self.settings.reconcile_on_write and self.wake.is_set()):
+            return
+        self.wake.clear()
+        try:
+            self.reconcile_once()
+        except Exception:  # the write is recorded; the scheduled pass will do the work
+            log.warning("the reconciler pass after a write failed; the next scheduled pass retries", exc_info=True)
 
     def kick(self) -> None:
         """Ask a waiting local loop to run a pass now (what API writes do)."""

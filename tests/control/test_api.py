@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
 
 from tests.control.conftest import AUTH, REPO, wait_status, write_training_data
+from tests.util import wait_until
 
 BODY = {"name": "iris", "model_uri": "/models/iris.keras", "training_data_uri": "/data/iris.csv"}
 
@@ -263,3 +265,30 @@ def test_the_openapi_document_ships_in_the_wheel_and_is_served_from_the_package(
     (wheel,) = (tmp_path / "dist").glob("modelrun-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("modelrun/control/openapi.yaml") == served
+
+
+def test_reconcile_function_and_a_pass_after_each_write_on_cloud_functions(home, monkeypatch, models_dir):
+    """On Cloud Functions nothing runs between requests: a write is followed by a pass, and the scheduler
+    calls `reconcile`."""
+    from functions_framework import create_app
+
+    from tests.control.conftest import MAIN, Functions
+
+    monkeypatch.setenv("MODELRUN_RECONCILE_ON_WRITE", "true")
+    functions = Functions()
+    try:
+        created = functions.api.post("/deployments", headers=AUTH, json={
+            "name": "eager", "model_uri": str(models_dir["dense8"]), "training_data_uri": str(models_dir["train8"]),
+            "config": {"label": "target"}})
+        assert created.status_code == 202 and created.get_json()["status"] == "PENDING"  # recorded first...
+        found = functions.api.get("/deployments/eager", headers=AUTH).get_json()
+        assert found["status"] == "DEPLOYING"  # ...then one pass ran before the answer: built, server starting
+
+        scheduler = create_app(target="reconcile", source=MAIN).test_client()
+        scheduler_module = sys.modules["main"]
+        assert scheduler.post("/").status_code == 401
+        wait_until(lambda: scheduler.post("/", headers=AUTH).get_json()["deployments"]["eager"] == "READY",
+                   timeout=120, interval=0.5, what="the scheduled passes to bring eager to READY")
+        scheduler_module.control_plane().shutdown()
+    finally:
+        functions.close()
