@@ -64,7 +64,10 @@ class Reconciler:
 
     def stop_all(self) -> None:
         """Stop every server this home runs. Revisions keep their state and forget the process, so the
-        next start starts them again (READY ones on their previous port when it is free)."""
+        next start starts them again (READY ones on their previous port when it is free). Servers of a
+        runner that outlives the control plane (`runner.detached`, Cloud Run) keep running."""
+        if getattr(self.runner, "detached", False):
+            return
         with self._lock:
             try:
                 for name in self.repo.names():
@@ -150,7 +153,13 @@ class Reconciler:
             inspect.check_inputs(self.runner.model_inputs(rev.runtime, rev.name), rev.features or [])
         except ModelrunError as exc:
             return self._fail(rev, exc.message)
-        self.runner.serve(rev.runtime, previous.runtime if previous else None)
+        try:
+            self.runner.serve(rev.runtime, previous.runtime if previous else None)
+        except Unavailable as exc:  # traffic did not move yet: the next pass tries again
+            log.warning("%s revision %d: moving traffic waits: %s", rev.name, rev.revision, exc.message)
+            return
+        except ModelrunError as exc:
+            return give_up(rev, exc.message)
         drain_until = utcnow() + timedelta(seconds=self.settings.drain_grace)
         self.repo.switch_serving(rev, previous, drain_until)
         log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)

@@ -123,11 +123,16 @@ def _local_runner(settings: Settings):
     return LocalRunner(settings)
 
 
+def _cloudrun_runner(settings: Settings):
+    from modelrun.control.backends.cloudrun_runner import CloudRunRunner
+    return CloudRunRunner(settings)
+
+
 __all__ = ["Build", "Builder", "Pending", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
 
 STORAGES = {"local": _local_storage, "gcs": _gcs_storage}
 BUILDERS = {"local": _local_builder}
-RUNNERS = {"local": _local_runner}
+RUNNERS = {"local": _local_runner, "cloudrun": _cloudrun_runner}
 
 
 def choose(registry: dict, kind: str, name: str):
