@@ -126,9 +126,16 @@ def test_deploy_predict_update_canary_and_delete(cloud_plane, fake, registry, mo
     # An update whose revision never becomes ready fails; revision 2 keeps serving.
     fake.never_ready = True
     plane.deployments.update("iris", {"config": {"label": "target", "run": {"startup_timeout": 2}}})
-    failed = wait_status(plane, "iris", statuses=("FAILED",), timeout=60)
-    assert "failed to start and listen on the port" in failed["error"]
-    assert failed["serving_revision"] == 2 and failed["endpoint"] == endpoint
+
+    def update_failed():
+        plane.reconcile_once()
+        found = plane.deployments.get("iris").to_json()
+        return found if found["error"] else None
+
+    failed = wait_until(update_failed, timeout=60, what="the update to revision 3 to fail")
+    assert failed["status"] == "READY" and failed["serving_revision"] == 2 and failed["endpoint"] == endpoint
+    assert failed["error"].startswith("update to revision 3 failed, revision 2 keeps serving: Cloud Run revision "
+                                      "modelrun-iris-r3 failed: The user-provided container failed to start")
     assert traffic(fake, "iris") == {"modelrun-iris-r2": (100, "")}
     assert f"{service_name('iris')}/revisions/modelrun-iris-r3" not in fake.revisions
     assert predict(endpoint, "iris")[0] == "2"

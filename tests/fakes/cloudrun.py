@@ -563,7 +563,9 @@ class _Forward(grpc.GenericRpcHandler):
             call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
             metadata = [(k, v) for k, v in context.invocation_metadata()
                         if not k.startswith(":") and k not in ("user-agent", "content-type", "te")]
-            responses = call(requests, metadata=metadata, timeout=context.time_remaining())
+            remaining = context.time_remaining()  # huge when the caller set no deadline
+            responses = call(requests, metadata=metadata,
+                             timeout=remaining if remaining is not None and remaining < 86400 else None)
             try:
                 yield from responses
                 context.set_trailing_metadata(responses.trailing_metadata() or ())
