@@ -47,9 +47,6 @@ HOST = "127.0.0.1"
 
 Service = run_v2.Service.pb()
 Revision = run_v2.Revision.pb()
-Condition = run_v2.Condition.pb()
-TrafficTarget = run_v2.TrafficTarget.pb()
-TrafficTargetStatus = run_v2.TrafficTargetStatus.pb()
 SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
 FAILED = run_v2.Condition.State.CONDITION_FAILED
 RECONCILING = run_v2.Condition.State.CONDITION_RECONCILING
