@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
     from modelrun.db.cloudsql import CloudSql
@@ -67,7 +67,42 @@ class Settings(BaseSettings):
     """Builder backend: `local` (stage model and training data into a bundle folder)."""
 
     runner: str = "local"
-    """Runner backend: `local` (a model-server process on a free loopback port)."""
+    """Runner backend: `local` (a model-server process on a free loopback port) or `cloudrun` (one Cloud Run
+    service per deployment, one Cloud Run revision per revision; needs `gcp_project`)."""
+
+    gcp_project: str | None = None
+    """Google Cloud project the Cloud Run services are created in."""
+
+    gcp_region: str = "us-central1"
+    """Region of the Cloud Run services."""
+
+    run_service_account: str | None = None
+    """Service account the model servers run as on Cloud Run (it needs the Cloud SQL client role when the
+    prediction log is on Cloud SQL). Unset: Cloud Run's default (the Compute Engine default service account).
+    A deployment's `config.run.service_account` takes precedence."""
+
+    run_invokers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated IAM members given `roles/run.invoker` on every model server's Cloud Run service
+    (`user:ann@example.com`, `serviceAccount:api@project.iam.gserviceaccount.com`, `group:...`). Unset:
+    nobody: the services are private (callers need the role some other way, e.g. on the project). The
+    control plane reads each new revision's model metadata, so its own service account needs the role too.
+    `allUsers` makes them public and is given only when listed here."""
+
+    run_endpoint: str | None = None
+    """`host:port` of a Cloud Run Admin API reached over cleartext gRPC without credentials (a fake, in tests).
+    Unset: run.googleapis.com with Application Default Credentials."""
+
+    run_api_timeout: float = 60.0
+    """Seconds a Cloud Run Admin API call is retried (with backoff) while the API is unavailable, overloaded or
+    times out; then the step fails with the error and the next reconciler pass tries again."""
+
+    run_wait: float = 20.0
+    """Seconds the Cloud Run runner waits for an operation (a traffic move, a deletion) before going on; new
+    revisions are never waited for: their readiness is polled across reconciler passes."""
+
+    run_sweep_interval: float = 300.0
+    """Seconds between two sweeps of the Cloud Run services labelled `managed-by=modelrun` for ones no
+    deployment owns (each sweep lists the project's services in the region)."""
 
     reconcile_interval: float = 2.0
     """Seconds between reconciler passes in `modelrun up` (API writes also wake it at once)."""
@@ -134,6 +169,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_cloudsql(cls, value: str | None, info: ValidationInfo) -> str | None:
         return checked_cloudsql_instance(value, info)
+
+    @field_validator("run_invokers", mode="before")
+    @classmethod
+    def _split_invokers(cls, value):
+        if isinstance(value, str):
+            value = [member.strip() for member in value.split(",") if member.strip()]
+        for member in value or []:
+            if member not in ("allUsers", "allAuthenticatedUsers") and ":" not in member:
+                raise ValueError(f"{member!r} is no IAM member: write user:EMAIL, serviceAccount:EMAIL, "
+                                 f"group:EMAIL, domain:DOMAIN or allUsers")
+        return value
 
     @property
     def cloudsql(self) -> CloudSql | None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from modelrun.control.run_config import RunConfig
 from modelrun.drift.config import DriftConfig
 from modelrun.errors import InvalidInput
 
@@ -48,6 +49,7 @@ class DeploymentConfig(BaseModel):
     canary_percent: int | None = Field(default=None, ge=1, le=99)
     """An update's new revision first gets this share of the traffic, until `promote` or `rollback`."""
     drift: DriftConfig | None = None
+    run: RunConfig | None = None  # how the Cloud Run runner runs it
 
 
 _URI = Field(min_length=1, max_length=2048)
@@ -110,6 +112,8 @@ def config_dict(config: DeploymentConfig | None) -> dict:
     data = config.model_dump(exclude_none=True)
     if config.drift is not None:  # as the user wrote it, not every default spelled out
         data["drift"] = config.drift.model_dump(exclude_unset=True)
+    if config.run is not None:
+        data["run"] = config.run.model_dump(exclude_unset=True)
     return data
 
 

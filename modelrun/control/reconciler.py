@@ -64,7 +64,10 @@ class Reconciler:
 
     def stop_all(self) -> None:
         """Stop every server this home runs. Revisions keep their state and forget the process, so the
-        next start starts them again (READY ones on their previous port when it is free)."""
+        next start starts them again (READY ones on their previous port when it is free). Servers of a
+        runner that outlives the control plane (`runner.detached`, Cloud Run) keep running."""
+        if self.runner.detached:
+            return
         with self._lock:
             try:
                 for name in self.repo.names():
@@ -154,32 +157,44 @@ class Reconciler:
             return self._fail(rev, exc.message)
         percent = rev.config.get("canary_percent")
         if previous is not None and percent:
-            self.runner.serve(rev.runtime, previous.runtime, percent)
-            self.repo.set_revision(rev, state=m.CANARY, deadline=None,
-                                   message=f"canary at {rev.endpoint}: {percent}% of the traffic, revision "
-                                           f"{previous.revision} the rest, until promoted or rolled back")
+            if self._move_traffic(rev, rev.runtime, previous.runtime, percent, give_up):
+                self.repo.set_revision(rev, state=m.CANARY, deadline=None,
+                                       message=f"canary at {rev.endpoint}: {percent}% of the traffic, revision "
+                                               f"{previous.revision} the rest, until promoted or rolled back")
             return
-        self._switch(rev, previous)
+        self._switch(rev, previous, give_up)
 
-    def _switch(self, rev: m.Revision, previous: m.Revision | None) -> None:
-        self.runner.serve(rev.runtime, previous.runtime if previous else None)
+    def _switch(self, rev: m.Revision, previous: m.Revision | None, give_up=None) -> None:
+        if not self._move_traffic(rev, rev.runtime, previous.runtime if previous else None, 100,
+                                  give_up or self._fail):
+            return
         drain_until = utcnow() + timedelta(seconds=self.settings.drain_grace)
         self.repo.switch_serving(rev, previous, drain_until)
         log.info("%s revision %d is READY at %s", rev.name, rev.revision, rev.endpoint)
 
+    def _move_traffic(self, rev: m.Revision, runtime: dict, other: dict | None, percent: int, give_up) -> bool:
+        """`runtime` gets `percent` of the traffic, `other` the rest. False when it did not happen: the runner
+        did not answer (the next pass tries again) or refused (`give_up(rev, reason)` was called)."""
+        try:
+            self.runner.serve(runtime, other, percent)
+            return True
+        except Unavailable as exc:
+            log.warning("%s revision %d: moving traffic waits: %s", rev.name, rev.revision, exc.message)
+        except ModelrunError as exc:
+            give_up(rev, exc.message)
+        return False
+
     def _canary(self, rev: m.Revision, previous: m.Revision | None) -> None:
         """A canary carries out what was asked of it; without a revision beside it, it takes all traffic."""
-        if rev.action == m.ROLLBACK:
-            if previous is not None:
-                self.runner.serve(previous.runtime, None)
-            return self._fail(rev, "rolled back on request")
+        stopped = rev.action is None and previous is not None and self.runner.probe(rev.runtime).state == "exited"
+        if rev.action == m.ROLLBACK or stopped:
+            reason = "the canary's model server stopped" if stopped else "rolled back on request"
+            if previous is None or self._move_traffic(rev, previous.runtime, None, 100, self._fail):
+                self._fail(rev, reason)
+            return
         if rev.action == m.PROMOTE or previous is None:
             self.repo.set_revision(rev, action=None)
-            return self._switch(rev, previous)
-        probe = self.runner.probe(rev.runtime)
-        if probe.state == "exited":
-            self.runner.serve(previous.runtime, None)
-            self._fail(rev, f"the canary stopped: {probe.reason or 'its model server exited'}")
+            self._switch(rev, previous)
 
     def _reference(self, rev: m.Revision) -> None:
         """A revision that was READY before drift monitoring existed gets its reference now (one try per

@@ -82,6 +82,8 @@ class Probe:
 class Runner(Protocol):
     """Runs one model server per revision."""
 
+    detached: bool  # do its servers outlive the control plane (Cloud Run)? Then shutting down stops none.
+
     def start(self, rev: Revision, features: list[str]) -> Started:
         """Start serving `rev.artifact`; return at once (readiness is polled with `probe`)."""
 
@@ -123,11 +125,16 @@ def _local_runner(settings: Settings):
     return LocalRunner(settings)
 
 
+def _cloudrun_runner(settings: Settings):
+    from modelrun.control.backends.cloudrun_runner import CloudRunRunner
+    return CloudRunRunner(settings)
+
+
 __all__ = ["Build", "Builder", "Pending", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
 
 STORAGES = {"local": _local_storage, "gcs": _gcs_storage}
 BUILDERS = {"local": _local_builder}
-RUNNERS = {"local": _local_runner}
+RUNNERS = {"local": _local_runner, "cloudrun": _cloudrun_runner}
 
 
 def choose(registry: dict, kind: str, name: str):

@@ -36,6 +36,8 @@ _LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ [A-Z]+ [\w.]+: ")  # "20
 
 
 class LocalRunner:
+    detached = False  # `modelrun up` stops the servers it started when it stops
+
     def __init__(self, settings: Settings):
         self.settings = settings
         self._children: dict[int, subprocess.Popen] = {}  # servers this object started, for exit codes
