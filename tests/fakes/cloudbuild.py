@@ -349,7 +349,7 @@ class FakeCloudBuild:
             build.status_detail = detail
             build.finish_time.GetCurrentTime()
             if status == Status.FAILURE:
-                build.failure_info.type = Build.FailureInfo.USER_BUILD_STEP if failed_step else \
+                build.failure_info.type_ = Build.FailureInfo.USER_BUILD_STEP if failed_step else \
                     Build.FailureInfo.FAILURE_TYPE_UNSPECIFIED
                 build.failure_info.detail = detail
             snapshot = _copy(build)
