@@ -27,6 +27,12 @@ def on_upload(cloud_event):
     control_plane().handle_upload(cloud_event)
 
 
+@functions_framework.cloud_event
+def on_build(cloud_event):
+    """Cloud Build's `cloud-builds` Pub/Sub topic: a build a revision waits on changed status."""
+    control_plane().handle_build_event(cloud_event)
+
+
 @functions_framework.http
 def drift(request):
     return control_plane().handle_drift(request)

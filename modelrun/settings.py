@@ -64,7 +64,37 @@ class Settings(BaseSettings):
     """With `storage=gcs`: the bucket the drift dashboard is published to (unset: not published)."""
 
     builder: str = "local"
-    """Builder backend: `local` (stage model and training data into a bundle folder)."""
+    """Builder backend: `local` (stage model and training data into a bundle folder) or `cloudbuild` (Cloud Build
+    checks the model against the training data and appends the bundle as one layer to `serving_image`, pushed to
+    Artifact Registry as `REGION-docker.pkg.dev/PROJECT/REPOSITORY/models/NAME:rREVISION`)."""
+
+    gcp_project: str | None = None
+    """With `builder=cloudbuild`: the Google Cloud project that runs the builds and holds the images."""
+
+    gcp_region: str = "us-central1"
+    """With `builder=cloudbuild`: the region of the builds and of the Artifact Registry repository."""
+
+    artifact_repository: str = "modelrun"
+    """With `builder=cloudbuild`: the Artifact Registry Docker repository of the serving image and model images."""
+
+    serving_image: str | None = None
+    """With `builder=cloudbuild`: the serving base image every model image is built on (what cloudbuild.yaml
+    pushes). Unset: `REGION-docker.pkg.dev/PROJECT/REPOSITORY/serving:latest`; pin a digest for repeatable builds."""
+
+    build_service_account: str | None = None
+    """With `builder=cloudbuild`: the service account builds run as (an email or its full resource name); it needs
+    read access to the models bucket and write access to the repository. Unset: Cloud Build's default."""
+
+    build_timeout: float = 1200.0
+    """With `builder=cloudbuild`: seconds a build may run before Cloud Build stops it (TIMEOUT: the revision FAILED)."""
+
+    cloudbuild_endpoint: str | None = None
+    """With `builder=cloudbuild`: `host:port` of a Cloud Build API without TLS or credentials (an emulator or a
+    test fake). Unset: the real API with Application Default Credentials."""
+
+    artifactregistry_endpoint: str | None = None
+    """With `builder=cloudbuild`: base URL of an Artifact Registry REST API without credentials (a test fake),
+    used to delete model images. Unset: https://artifactregistry.googleapis.com with Application Default Credentials."""
 
     runner: str = "local"
     """Runner backend: `local` (a model-server process on a free loopback port) or `cloudrun` (one Cloud Run

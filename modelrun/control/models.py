@@ -170,6 +170,7 @@ class Revision:
     restarts: int | None = None
     crashed_at: datetime | None = None
     retry_at: datetime | None = None
+    created_at: datetime | None = None  # when the revision was recorded (tells reused names apart)
 
 
 def _iso(value: datetime) -> str:

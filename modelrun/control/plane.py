@@ -4,6 +4,8 @@ handler and the reconciler. `functions/main.py` builds one per process, lazily.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import socket
@@ -87,6 +89,24 @@ class ControlPlane:
         """Ask a waiting local loop to run a pass now (what API writes do)."""
         self.wake.set()
 
+    def handle_build_event(self, event) -> bool:
+        """A `google.cloud.pubsub.topic.v1.messagePublished` CloudEvent from Cloud Build's `cloud-builds` topic:
+        when a revision waits on that build, run a reconcile pass now (polling stays the fallback). True when
+        one did; builds nobody waits on (other builds of the project, a deleted revision) are logged and ignored."""
+        build_id, status = _build_of(event)
+        if not build_id:
+            log.warning("build event without a build id ignored")
+            return False
+        waiting = [(name, rev) for name, rev, handle in self.repo.pending_builds()
+                   if isinstance(handle, dict) and handle.get("build_id") == build_id]
+        if not waiting:
+            log.info("build event for Cloud Build %s (%s) ignored: no revision waits on it", build_id, status)
+            return False
+        name, rev = waiting[0]
+        log.info("Cloud Build %s is %s: reconciling %s revision %d", build_id, status, name, rev)
+        self.reconcile_once()
+        return True
+
     def reconcile_once(self) -> None:
         """One pass over every deployment, then a replay of the prediction journals model servers kept in
         Cloud Storage when they stopped (with `journal_uri`); thread-safe (passes are serialized)."""
@@ -109,3 +129,18 @@ class ControlPlane:
         """Stop the local model servers of this home; deployments stay recorded and come back next start."""
         self.reconciler.stop_all()
         self.engine.dispose()
+
+
+def _build_of(event) -> tuple[str | None, str | None]:
+    """(build id, status) of a Pub/Sub CloudEvent from `cloud-builds`: the attributes, else the Build JSON."""
+    data = event.data if hasattr(event, "data") else event
+    message = (data or {}).get("message") or {}
+    attributes = message.get("attributes") or {}
+    build_id, status = attributes.get("buildId"), attributes.get("status")
+    if not build_id and message.get("data"):
+        try:
+            build = json.loads(base64.b64decode(message["data"]))
+            build_id, status = build.get("id"), build.get("status")
+        except (ValueError, TypeError):
+            return None, None
+    return build_id, status

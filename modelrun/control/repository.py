@@ -205,6 +205,15 @@ class Repository:
             return [(r.name, r.revision, json.loads(r.runtime)) for r in conn.execute(query)]
         return self._tx(work)
 
+    def pending_builds(self) -> list[tuple[str, int, dict]]:
+        """(name, revision, build handle) of every revision waiting on a build."""
+        def work(conn):
+            query = (sa.select(deployments.c.name, revisions.c.revision, revisions.c.build)
+                     .join(revisions, revisions.c.deployment_id == deployments.c.id)
+                     .where(revisions.c.build.is_not(None)))
+            return [(r.name, r.revision, json.loads(r.build)) for r in conn.execute(query)]
+        return self._tx(work)
+
     def set_revision(self, rev: m.Revision, message: str | None = None, *, event: bool = False, **changes) -> None:
         """Change a revision's columns (state, artifact, runtime, ...), refresh its deployment, log the event
         (of a state change, or with `event` of this change whatever the state)."""
@@ -330,5 +339,6 @@ class Repository:
         return m.Revision(
             deployment_id=dep_id, name=name, revision=r.revision, state=r.state, model_uri=r.model_uri,
             training_data_uri=r.training_data_uri, config=_loads(r.config) or {}, features=_loads(r.features),
-            build=_loads(r.build), action=r.action, artifact=r.artifact, runtime=_loads(r.runtime), endpoint=r.endpoint, error=r.error,
-            deadline=r.deadline, restarts=r.restarts, crashed_at=r.crashed_at, retry_at=r.retry_at)
+            build=_loads(r.build), action=r.action, artifact=r.artifact, runtime=_loads(r.runtime),
+            endpoint=r.endpoint, error=r.error, deadline=r.deadline, restarts=r.restarts, crashed_at=r.crashed_at,
+            retry_at=r.retry_at, created_at=r.created_at)

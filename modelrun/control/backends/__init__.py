@@ -120,6 +120,11 @@ def _local_builder(settings: Settings, storage: Storage):
     return LocalBuilder(settings, storage)
 
 
+def _cloudbuild_builder(settings: Settings, storage: Storage):
+    from modelrun.control.backends.cloudbuild_builder import CloudBuildBuilder
+    return CloudBuildBuilder(settings, storage)
+
+
 def _local_runner(settings: Settings):
     from modelrun.control.backends.local_runner import LocalRunner
     return LocalRunner(settings)
@@ -133,7 +138,7 @@ def _cloudrun_runner(settings: Settings):
 __all__ = ["Build", "Builder", "Pending", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
 
 STORAGES = {"local": _local_storage, "gcs": _gcs_storage}
-BUILDERS = {"local": _local_builder}
+BUILDERS = {"local": _local_builder, "cloudbuild": _cloudbuild_builder}
 RUNNERS = {"local": _local_runner, "cloudrun": _cloudrun_runner}
 
 
