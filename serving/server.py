@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import signal
 import time
+from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -109,7 +111,7 @@ async def _shutdown(server, health_servicer, dataplane: DataPlane, logger) -> No
 async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> None:
     """Load and warm up the model on a thread while the prediction log starts; then go live."""
     began = time.monotonic()
-    path = resolve_local(settings.model_uri)
+    path, training_data = _model_and_data(resolve_local(settings.model_uri), settings.training_data)
     loading = asyncio.ensure_future(asyncio.to_thread(_load_and_warm_up, path, settings.intra_op_threads))
     if logger is not None:
         await asyncio.to_thread(logger.start)
@@ -118,8 +120,8 @@ async def _start(settings: ServingSettings, dataplane: DataPlane, logger) -> Non
         dataplane.check(model)  # the feature names against the model's input, before running it on the data
     except ValueError as exc:
         raise ModelrunError(str(exc)) from None
-    if logger is not None and settings.training_data is not None:
-        await asyncio.to_thread(_profile_outputs, model, settings)
+    if logger is not None and training_data is not None:
+        await asyncio.to_thread(_profile_outputs, model, settings, training_data)
     batcher = Batcher(model.predict, max_batch_size=settings.max_batch_size,
                       max_wait_ms=settings.batch_max_wait_ms, enabled=model.batchable,
                       observe=dataplane.log_batch if logger is not None else None)
@@ -139,13 +141,26 @@ def _load_and_warm_up(path, intra_op_threads: int):
     return model
 
 
-def _profile_outputs(model, settings: ServingSettings) -> None:
+def _model_and_data(path: Path, training_data: Path | None) -> tuple[Path, Path | None]:
+    """A bundle folder (bundle.json: the model and training data a builder staged, as in a Cloud Run image's
+    /srv/bundle) names both; anything else is the model itself."""
+    manifest = path / "bundle.json"
+    if not manifest.is_file():
+        return path, training_data
+    try:
+        staged = json.loads(manifest.read_text())
+        return path / staged["model"], training_data or path / staged["training_data"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise Unprocessable(f"{manifest} is not a readable bundle manifest: {exc}") from None
+
+
+def _profile_outputs(model, settings: ServingSettings, training_data: Path) -> None:
     from serving.reference import profile_outputs
 
     try:
         profile_outputs(model, database_url=settings.resolved_database_url, cloudsql=settings.cloudsql,
                         deployment=settings.model_name, revision=settings.revision,
-                        training_data=settings.training_data, features=settings.feature_names,
+                        training_data=training_data, features=settings.feature_names,
                         sample_rows=settings.reference_rows)
     except Exception as exc:  # the database is down: drift of the outputs waits, predictions do not
         log.warning("could not store the outputs' drift reference: %s", str(exc).splitlines()[0][:300])

@@ -13,6 +13,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from tests.gcs_emulator import bucket, emulator  # noqa: F401 (fixtures for every package, one emulator)
+
 SERVER_URLS = {
     "mariadb": os.environ.get("MODELRUN_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
     "postgresql": os.environ.get("MODELRUN_TEST_POSTGRES", "postgresql+pg8000://postgres@127.0.0.1:5432/postgres"),

@@ -20,7 +20,6 @@ from modelrun.settings import Settings
 from tests.control.conftest import FEATURES8, home, models_dir, wait_status  # noqa: F401 (fixtures)
 from tests.fakes.cloudbuild import FakeArtifactRegistryApi, FakeCloudBuild
 from tests.fakes.registry import FakeRegistry
-from tests.gcs.conftest import bucket, emulator  # noqa: F401 (fixtures)
 
 PROJECT = "test-project"
 REGION = "europe-west1"

@@ -79,10 +79,9 @@ def test_deploy_predict_update_canary_and_delete(cloud_plane, fake, registry, mo
     startup = container.startup_probe
     assert startup.period_seconds * startup.failure_threshold == 240
     assert dict(container.resources.limits) == {"cpu": "2", "memory": "4Gi"}
-    assert container.resources.startup_cpu_boost
+    assert container.resources.startup_cpu_boost and container.resources.cpu_idle is False  # CPU always on
     env = {e.name: e.value for e in container.env}
-    assert env["MODELRUN_MODEL_URI"] == "/srv/bundle/model.keras"
-    assert env["MODELRUN_TRAINING_DATA"] == "/srv/bundle/training_data.csv"
+    assert env["MODELRUN_MODEL_URI"] == "/srv/bundle"  # its bundle.json names the model and training data
     assert env["MODELRUN_MODEL_NAME"] == "iris" and env["MODELRUN_REVISION"] == "1"
     assert env["MODELRUN_FEATURE_NAMES"] == ",".join(FEATURES8)
     assert env["MODELRUN_LOG_SAMPLE_RATE"] == "0.5"

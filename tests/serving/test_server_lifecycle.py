@@ -69,7 +69,6 @@ def test_not_serving_while_loading_then_serving(model_files):
     (lambda d: _write(d / "model.txt", b"not a model"), "is not a model I can serve: expected a Keras .keras file "
                                                          "or a TensorFlow SavedModel folder"),
     (lambda d: (d / "empty_dir").mkdir() or d / "empty_dir", "a folder without saved_model.pb"),
-    (lambda d: "gs://bucket/model.keras", "gs:// URIs are not available yet"),
     (lambda d: _write(d / "broken.keras", b"PK not really a zip"), "could not load"),
 ])
 def test_a_model_that_cannot_load_ends_the_process(tmp_path, make, message):

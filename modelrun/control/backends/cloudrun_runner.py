@@ -207,19 +207,17 @@ class CloudRunRunner:
 
     def _template(self, rev: Revision, features: list[str], config: RunConfig, revision_id: str):
         run = self.run_v2
-        model = "model.keras" if rev.model_uri.rstrip("/").lower().endswith(".keras") else "model"
-        data = "training_data" + PurePosixPath(rev.training_data_uri.rstrip("/")).suffix.lower()
         env = {
-            "MODELRUN_MODEL_URI": str(BUNDLE / model),
+            "MODELRUN_MODEL_URI": str(BUNDLE),  # the bundle's bundle.json names its model and training data
             "MODELRUN_MODEL_NAME": rev.name,
             "MODELRUN_REVISION": str(rev.revision),
             "MODELRUN_FEATURE_NAMES": ",".join(features),
-            "MODELRUN_TRAINING_DATA": str(BUNDLE / data),
             "MODELRUN_REFERENCE_ROWS": str(self.settings.drift_sample_rows),
             "MODELRUN_DATABASE_URL": self.settings.resolved_database_url,
             "MODELRUN_CLOUDSQL_INSTANCE": self.settings.cloudsql_instance or "",
             "MODELRUN_CLOUDSQL_IAM_AUTH": str(self.settings.cloudsql_iam_auth).lower(),
             "MODELRUN_CLOUDSQL_IP_TYPE": self.settings.cloudsql_ip_type,
+            "MODELRUN_JOURNAL_URI": self.settings.journal_uri or "",
         }
         for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
             if rev.config.get(key) is not None:
@@ -233,7 +231,9 @@ class CloudRunRunner:
             name="model-server", image=rev.artifact, ports=[run.ContainerPort(name="h2c", container_port=8080)],
             env=[run.EnvVar(name=k, value=v) for k, v in env.items()],
             resources=run.ResourceRequirements(limits={"cpu": config.cpu, "memory": config.memory},
-                                               cpu_idle=True, startup_cpu_boost=config.startup_cpu_boost),
+                                               # CPU always allocated: the prediction log is written
+                                               # after the answer, from a background thread
+                                               cpu_idle=False, startup_cpu_boost=config.startup_cpu_boost),
             startup_probe=startup, liveness_probe=liveness)
         return run.RevisionTemplate(
             revision=revision_id, labels={**MANAGED, "modelrun-deployment": rev.name,

@@ -1,4 +1,5 @@
-"""A real Cloud Storage emulator (gcp-storage-emulator, in memory) for the session, reached by the real
+"""Fixtures `emulator` and `bucket` (registered once, in tests/conftest.py, so the session has one emulator):
+a real Cloud Storage emulator (gcp-storage-emulator, in memory) for the session, reached by the real
 `google-cloud-storage` client through STORAGE_EMULATOR_HOST, which every child process inherits.
 
     def test_x(bucket):
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from modelrun import gcs
 from tests.util import free_port, wait_until
 
 
@@ -30,6 +32,7 @@ def emulator(tmp_path_factory):
     host = f"http://127.0.0.1:{port}"
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = host
+    gcs._client = None  # the process's client is made again, for this emulator
     try:
         import httpx
 
@@ -46,6 +49,7 @@ def emulator(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(10)
+        gcs._client = None
         if previous is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
