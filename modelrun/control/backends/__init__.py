@@ -105,6 +105,27 @@ class Runner(Protocol):
         (live revisions as (name, revision, runtime), names of deployments whose servers must be kept)."""
 
 
+def server_environment(settings: Settings, rev: Revision, features: list[str]) -> dict[str, str]:
+    """What every runner tells a revision's model server: who it is, its columns, where to log (the control
+    plane's database and Cloud SQL settings, even when they came from code rather than the environment),
+    and the deployment's serving options."""
+    env = {
+        "MODELRUN_MODEL_NAME": rev.name,
+        "MODELRUN_REVISION": str(rev.revision),
+        "MODELRUN_FEATURE_NAMES": ",".join(features),
+        "MODELRUN_REFERENCE_ROWS": str(settings.drift_sample_rows),
+        "MODELRUN_DATABASE_URL": settings.resolved_database_url,
+        "MODELRUN_CLOUDSQL_INSTANCE": settings.cloudsql_instance or "",
+        "MODELRUN_CLOUDSQL_IAM_AUTH": str(settings.cloudsql_iam_auth).lower(),
+        "MODELRUN_CLOUDSQL_IP_TYPE": settings.cloudsql_ip_type,
+        "MODELRUN_JOURNAL_URI": settings.journal_uri or "",
+    }
+    for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
+        if rev.config.get(key) is not None:
+            env[var] = str(rev.config[key])
+    return env
+
+
 def _local_storage(settings: Settings):
     from modelrun.control.backends.local_storage import LocalStorage
     return LocalStorage(settings)
@@ -135,7 +156,8 @@ def _cloudrun_runner(settings: Settings):
     return CloudRunRunner(settings)
 
 
-__all__ = ["Build", "Builder", "Pending", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose"]
+__all__ = ["Build", "Builder", "Pending", "Probe", "Runner", "Started", "Storage", "TensorSpec", "choose",
+           "server_environment"]
 
 STORAGES = {"local": _local_storage, "gcs": _gcs_storage}
 BUILDERS = {"local": _local_builder, "cloudbuild": _cloudbuild_builder}

@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 
 import grpc
 
-from modelrun.control.backends import Probe, Started, TensorSpec
+from modelrun.control.backends import Probe, Started, TensorSpec, server_environment
 from modelrun.control.models import Revision
 from modelrun.control.run_config import RunConfig, run_config
 from modelrun.errors import InvalidInput, NotFound, Unavailable, Unprocessable
@@ -207,21 +207,8 @@ class CloudRunRunner:
 
     def _template(self, rev: Revision, features: list[str], config: RunConfig, revision_id: str):
         run = self.run_v2
-        env = {
-            "MODELRUN_MODEL_URI": str(BUNDLE),  # the bundle's bundle.json names its model and training data
-            "MODELRUN_MODEL_NAME": rev.name,
-            "MODELRUN_REVISION": str(rev.revision),
-            "MODELRUN_FEATURE_NAMES": ",".join(features),
-            "MODELRUN_REFERENCE_ROWS": str(self.settings.drift_sample_rows),
-            "MODELRUN_DATABASE_URL": self.settings.resolved_database_url,
-            "MODELRUN_CLOUDSQL_INSTANCE": self.settings.cloudsql_instance or "",
-            "MODELRUN_CLOUDSQL_IAM_AUTH": str(self.settings.cloudsql_iam_auth).lower(),
-            "MODELRUN_CLOUDSQL_IP_TYPE": self.settings.cloudsql_ip_type,
-            "MODELRUN_JOURNAL_URI": self.settings.journal_uri or "",
-        }
-        for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
-            if rev.config.get(key) is not None:
-                env[var] = str(rev.config[key])
+        env = {**server_environment(self.settings, rev, features),
+               "MODELRUN_MODEL_URI": str(BUNDLE)}  # the bundle's bundle.json names its model and training data
         period = min(10, config.startup_timeout)
         startup = run.Probe(grpc=run.GRPCAction(service=""), period_seconds=period, timeout_seconds=min(5, period),
                             failure_threshold=-(-config.startup_timeout // period))

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from modelrun.control.backends import Probe, Started, TensorSpec, procs
+from modelrun.control.backends import Probe, Started, TensorSpec, procs, server_environment
 from modelrun.control.backends.local_builder import read_manifest
 from modelrun.control.models import Revision
 from modelrun.errors import Unavailable, Unprocessable
@@ -50,23 +50,10 @@ class LocalRunner:
         for folder in (self.settings.logs_dir, self.settings.run_dir, self.settings.journal_dir):
             folder.mkdir(parents=True, exist_ok=True)
         log_path = self.settings.logs_dir / f"{rev.name}-r{rev.revision}.log"
-        env = {
-            "MODELRUN_DATABASE_URL": self.settings.resolved_database_url,
-            "MODELRUN_REVISION": str(rev.revision),
-            "MODELRUN_FEATURE_NAMES": ",".join(features),
-            "MODELRUN_JOURNAL_DIR": str(self.settings.journal_dir / f"{rev.name}-r{rev.revision}"),
-            "MODELRUN_HOME": str(self.settings.home_dir),
-            "MODELRUN_TRAINING_DATA": str(bundle / manifest["training_data"]),
-            "MODELRUN_REFERENCE_ROWS": str(self.settings.drift_sample_rows),
-            # the control plane's Cloud SQL settings, even when they came from code rather than the environment
-            "MODELRUN_CLOUDSQL_INSTANCE": self.settings.cloudsql_instance or "",
-            "MODELRUN_CLOUDSQL_IAM_AUTH": str(self.settings.cloudsql_iam_auth).lower(),
-            "MODELRUN_CLOUDSQL_IP_TYPE": self.settings.cloudsql_ip_type,
-            "MODELRUN_JOURNAL_URI": self.settings.journal_uri or "",
-        }
-        for key, var in (("log_sample_rate", "MODELRUN_LOG_SAMPLE_RATE"), ("max_batch_size", "MODELRUN_MAX_BATCH_SIZE")):
-            if rev.config.get(key) is not None:
-                env[var] = str(rev.config[key])
+        env = {**server_environment(self.settings, rev, features),
+               "MODELRUN_JOURNAL_DIR": str(self.settings.journal_dir / f"{rev.name}-r{rev.revision}"),
+               "MODELRUN_HOME": str(self.settings.home_dir),
+               "MODELRUN_TRAINING_DATA": str(bundle / manifest["training_data"])}
         command = [sys.executable, "-m", "serving", "--model", str(model), "--name", rev.name,
                    "--port", str(port), "--host", HOST]
         with log_path.open("ab") as out:
