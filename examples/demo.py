@@ -197,7 +197,8 @@ def main() -> int:
             say(f"                export MODELRUN_HOME={home} MODELRUN_API={url}")
         else:
             say("                (stopped and removed when the demo ends: run `make demo ARGS=--keep` to look around)")
-        say("  commands      .venv/bin/modelrun --help   (up, deploy, list, get, update, delete, predict, drift, dashboard)")
+        say("  commands      .venv/bin/modelrun --help   (up, deploy, list, get, update, promote, rollback, delete,")
+        say("                predict, drift, dashboard)")
         say("  yourself      .venv/bin/modelrun up   # then, in another terminal:")
         say("                .venv/bin/modelrun deploy NAME --model FILE.keras --training-data FILE.csv --wait")
         return 0

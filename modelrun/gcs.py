@@ -12,6 +12,7 @@ import re
 import shutil
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -203,36 +204,29 @@ def delete(bucket: str, name: str, *, if_generation_match: int | None = None) ->
     return True
 
 
-class _errors:
+@contextmanager
+def _errors(uri: str):
     """Map the client library's errors to modelrun's, once: what a person can act on, in one line."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, _tb):
-        if exc is None or isinstance(exc, (NotFound, TooLarge, Unprocessable, InvalidInput)):
-            return False
+    try:
+        yield
+    except (NotFound, TooLarge, Unprocessable, InvalidInput):
+        raise
+    except Exception as exc:
         from google.api_core import exceptions as gexc
         from google.auth import exceptions as auth_exc
 
         if isinstance(exc, gexc.NotFound):
-            raise Unprocessable(f"{self.uri} does not exist (or its bucket does not)") from None
+            raise Unprocessable(f"{uri} does not exist (or its bucket does not)") from None
         if isinstance(exc, (gexc.Forbidden, gexc.Unauthorized)):
-            raise Unprocessable(f"{self.uri}: access denied ({_first_line(exc)}); the service account needs "
+            raise Unprocessable(f"{uri}: access denied ({_first_line(exc)}); the service account needs "
                                 f"roles/storage.objectViewer on the bucket") from None
         if isinstance(exc, auth_exc.DefaultCredentialsError):
-            raise Unavailable(f"{self.uri}: no Google credentials ({_first_line(exc)})") from None
-        if isinstance(exc, (gexc.GoogleAPIError, auth_exc.TransportError, ConnectionError, TimeoutError)):
-            raise Unavailable(f"{self.uri}: Cloud Storage did not answer: {_first_line(exc)}") from None
-        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
-            return False  # a local disk error: the caller reports it
-        name = type(exc).__module__
-        if name.startswith(("requests", "urllib3", "google.resumable_media")):
-            raise Unavailable(f"{self.uri}: Cloud Storage did not answer: {_first_line(exc)}") from None
-        return False
+            raise Unavailable(f"{uri}: no Google credentials ({_first_line(exc)})") from None
+        transient = (gexc.GoogleAPIError, auth_exc.TransportError, ConnectionError, TimeoutError)
+        if isinstance(exc, transient) or type(exc).__module__.startswith(
+                ("requests", "urllib3", "google.resumable_media")):
+            raise Unavailable(f"{uri}: Cloud Storage did not answer: {_first_line(exc)}") from None
+        raise  # a local disk error or a bug: the caller reports it
 
 
 def _first_line(exc: BaseException) -> str:

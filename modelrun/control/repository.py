@@ -198,20 +198,19 @@ class Repository:
 
     def live_runtimes(self) -> list[tuple[str, int, dict]]:
         """(name, revision, runtime) of every revision that has something running."""
-        def work(conn):
-            query = (sa.select(deployments.c.name, revisions.c.revision, revisions.c.runtime)
-                     .join(revisions, revisions.c.deployment_id == deployments.c.id)
-                     .where(revisions.c.runtime.is_not(None)))
-            return [(r.name, r.revision, json.loads(r.runtime)) for r in conn.execute(query)]
-        return self._tx(work)
+        return self._handles(revisions.c.runtime)
 
     def pending_builds(self) -> list[tuple[str, int, dict]]:
         """(name, revision, build handle) of every revision waiting on a build."""
+        return self._handles(revisions.c.build)
+
+    def _handles(self, column: sa.Column) -> list[tuple[str, int, dict]]:
+        """(name, revision, the JSON in `column`) of every revision where `column` is set."""
         def work(conn):
-            query = (sa.select(deployments.c.name, revisions.c.revision, revisions.c.build)
+            query = (sa.select(deployments.c.name, revisions.c.revision, column.label("handle"))
                      .join(revisions, revisions.c.deployment_id == deployments.c.id)
-                     .where(revisions.c.build.is_not(None)))
-            return [(r.name, r.revision, json.loads(r.build)) for r in conn.execute(query)]
+                     .where(column.is_not(None)))
+            return [(r.name, r.revision, json.loads(r.handle)) for r in conn.execute(query)]
         return self._tx(work)
 
     def set_revision(self, rev: m.Revision, message: str | None = None, *, event: bool = False, **changes) -> None:
