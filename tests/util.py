@@ -43,3 +43,22 @@ def serving_processes(home: Path) -> list[int]:
         if str(home).encode() in b" ".join(cmdline) or f"MODELRUN_HOME={home}".encode() in environ.split(b"\0"):
             pids.append(int(entry.name))
     return pids
+
+
+def build_wheel(checkout: Path, dest: Path) -> Path:
+    """modelrun's wheel built from `checkout` into `dest` (from a copy of what it packs, so no build/ or
+    *.egg-info is left in the checkout)."""
+    import shutil
+    import subprocess
+    import sys
+
+    source = dest / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("modelrun", "serving", "dashboard"):
+        shutil.copytree(checkout / folder, source / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(checkout / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(dest), str(source)], check=True, capture_output=True, timeout=120)
+    (wheel,) = dest.glob("modelrun-*.whl")
+    return wheel

@@ -16,7 +16,6 @@ import secrets
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from modelrun.settings import Settings
 
@@ -113,7 +112,3 @@ def _configure_logging() -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per API request (--wait polls)
 
-
-def repo_root() -> Path:
-    """The folder holding `functions/main.py` (the checkout modelrun is installed from)."""
-    return Path(__file__).resolve().parents[2]

@@ -7,6 +7,7 @@ import logging
 import socket
 import sys
 import threading
+from pathlib import Path
 
 from modelrun.errors import Unavailable
 from modelrun.settings import Settings
@@ -16,7 +17,7 @@ HOST = "127.0.0.1"
 
 
 class CannotStart(Exception):
-    """`up` cannot start: its port is taken, or the functions it serves are missing."""
+    """`up` cannot start: its port is taken."""
 
 
 class LocalStack:
@@ -25,6 +26,7 @@ class LocalStack:
     def __init__(self, settings: Settings, port: int):
         self.settings = settings
         self.port = port
+        self.functions = None  # the module functions-framework loaded `api` from
         self.control = None
         self.server = None
         self.watcher = None
@@ -37,10 +39,7 @@ class LocalStack:
 
     def bind(self) -> None:
         """Load the `api` function through functions-framework and bind its port (fails fast if taken)."""
-        from functions_framework import create_app
         from werkzeug.serving import make_server
-
-        from modelrun.local import repo_root
 
         # Bind the socket here (werkzeug would print two lines and exit on a taken port).
         sock = socket.socket()
@@ -54,12 +53,7 @@ class LocalStack:
                 raise
             raise CannotStart(f"port {self.port} on {HOST} is already in use (another `modelrun up`?) — "
                             f"pick a free one with `modelrun up --port N`") from None
-        source = repo_root() / "functions" / "main.py"
-        if not source.is_file():
-            sock.close()
-            raise CannotStart(f"{source} is missing: `modelrun up` runs the functions of a modelrun checkout "
-                            f"(install it with `pip install -e <checkout>`, as `make setup` does)")
-        app = create_app(target="api", source=str(source))
+        app, self.functions = _load_api_function()
         app.wsgi_app = DashboardFiles(app.wsgi_app, self.settings.dashboard_dir)
         with sock:
             self.server = make_server(HOST, self.port, app, threaded=True, fd=sock.fileno())
@@ -68,7 +62,7 @@ class LocalStack:
     def start(self) -> None:
         from modelrun.local.watcher import BucketWatcher
 
-        self.control = shared_control_plane(self.settings)
+        self.control = self.functions.control_plane()  # the one `api` uses, so API writes wake our reconciler
         self._spawn("reconciler", self._reconcile_loop)
         self._spawn("drift", self._drift_loop)
         self.watcher = BucketWatcher(self.settings.bucket_dir, self.control.handle_upload)
@@ -148,11 +142,15 @@ def _not_published(environ, start_response):
     return [body]
 
 
-def shared_control_plane(settings: Settings):
-    """The ControlPlane the `api` function uses in this process, so API writes wake our reconciler.
+def _load_api_function():
+    """functions-framework's app for `api`, loaded from modelrun/functions.py as Cloud Functions loads
+    functions/main.py (installed or checkout alike), and the module it executed for it."""
+    from importlib.util import find_spec
 
-    functions-framework loaded functions/main.py as module `main`; its `control_plane()` builds the one
-    instance from Settings() (the same environment as `settings`).
-    """
-    return sys.modules["main"].control_plane()
+    from functions_framework import create_app
 
+    source = Path(find_spec("modelrun.functions").origin)  # its file, not imported: create_app executes it
+    path_before = list(sys.path)
+    app = create_app(target="api", source=str(source))
+    sys.path[:] = path_before  # it appended modelrun/ itself, which would make `settings`, `errors`… top-level names
+    return app, sys.modules[source.stem]

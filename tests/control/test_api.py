@@ -246,23 +246,14 @@ def test_a_ready_deployment_lists_its_feature_columns_in_training_data_order(fun
 
 
 def test_the_openapi_document_ships_in_the_wheel_and_is_served_from_the_package(functions, tmp_path):
-    import shutil
-    import subprocess
-    import sys
     import zipfile
     from importlib import resources
 
+    from tests.util import build_wheel
+
     served = functions.api.get("/openapi.yaml").data
     assert served == (resources.files("modelrun.control") / "openapi.yaml").read_bytes()
-    source = tmp_path / "src"
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("modelrun", "serving"):
-        shutil.copytree(REPO / folder, source / folder, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=120)
-    (wheel,) = (tmp_path / "dist").glob("modelrun-*.whl")
+    wheel = build_wheel(REPO, tmp_path / "dist")
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("modelrun/control/openapi.yaml") == served
 

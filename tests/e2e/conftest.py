@@ -36,9 +36,12 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 class Stack:
     """One `modelrun up` and the environment a user's shell would have to talk to it."""
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, command: list[str] = MODELRUN,
+                 cwd: Path | None = None):
         self.home = home
         self.extra_env = extra_env or {}
+        self.command = command  # how `modelrun` is run
+        self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.log = home.parent / f"{home.name}-up.log"
@@ -60,7 +63,7 @@ class Stack:
     def up(self, port: int | None = None) -> Stack:
         self.port = port or free_port()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*MODELRUN, "up", "--port", str(self.port)], env=self.env,
+            self.proc = subprocess.Popen([*self.command, "up", "--port", str(self.port)], env=self.env, cwd=self.cwd,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self._healthy, timeout=120, interval=0.2, what=f"`modelrun up` on port {self.port}")
         return self
@@ -78,8 +81,8 @@ class Stack:
 
     def cli(self, *args: str, input: str | None = None, check: bool = True, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
-        result = subprocess.run([*MODELRUN, *args], env=env or self.env, input=input, capture_output=True,
-                                text=True, timeout=timeout)
+        result = subprocess.run([*self.command, *args], env=env or self.env, cwd=self.cwd, input=input,
+                                capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"modelrun {' '.join(args)} exited {result.returncode}:\n{result.stderr}\n"
                                  f"--- modelrun up log ---\n{self.log_tail()}")
