@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import sys
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"serving: {describe(exc)}", file=sys.stderr)
         return 2
+    if importlib.util.find_spec("tensorflow") is None:  # found without importing it (that takes seconds)
+        print(f"serving: TensorFlow is not installed for {sys.executable}: install the model server with "
+              f"`pip install 'modelrun[serving]'`", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serving.server import serve
