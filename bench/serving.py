@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 except RuntimeError as exc:
                     if server.key != "mlserver":
                         raise
-                    not_run["mlserver"] = "did not start: " + (str(exc).splitlines()[-1][:160] or "no log")
+                    said = [line for line in str(exc).splitlines() if line.strip()]  # what happened; its log's end
+                    not_run["mlserver"] = said[0].rstrip(":") + (f" ({said[-1].strip()[:160]})" if len(said) > 1 else "")
                     stop(server)
                     servers.remove(server)
             say(f"servers up; {opts.reps} rep(s) x concurrency {opts.concurrencies} x {len(servers)} server(s), "
