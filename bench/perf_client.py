@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"
 UNSTABLE = "Failed to obtain stable measurement"
@@ -51,7 +52,7 @@ def _children_cpu() -> float:
 
 
 def _run_once(target: str, model: str, concurrency: int, window_ms: int, stability: float, max_trials: int,
-              workdir: Path) -> tuple[subprocess.CompletedProcess, float, Path, Path]:
+              workdir: Path, server_cpu: Callable[[], float]) -> tuple[subprocess.CompletedProcess, float, float]:
     csv_path, export_path = workdir / "perf.csv", workdir / "perf-export.json"
     for stale in (csv_path, export_path):
         stale.unlink(missing_ok=True)
@@ -61,24 +62,28 @@ def _run_once(target: str, model: str, concurrency: int, window_ms: int, stabili
            "-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path)]
     env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
         filter(None, [str(cuda_runtime_lib()), os.environ.get("LD_LIBRARY_PATH")]))}
-    cpu_before = _children_cpu()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                          timeout=60 + max_trials * window_ms / 1000 * 3)
-    return done, _children_cpu() - cpu_before, csv_path, export_path
+    cpu_before, server_before = _children_cpu(), server_cpu()
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=60 + max_trials * window_ms / 1000 * 3)
+    except subprocess.TimeoutExpired as exc:  # a hung server: a failed row, not a failed benchmark
+        done = subprocess.CompletedProcess(cmd, -9, "", f"timed out after {exc.timeout:.0f} s")
+    return done, _children_cpu() - cpu_before, server_cpu() - server_before
 
 
 def run(target: str, model: str, concurrency: int, *, window_ms: int, stability: float, max_trials: int,
-        workdir: Path) -> dict:
-    """Measure one row. Returns rps, p50/p99 ms, `ok_total` (all answered requests), `client_cpu_us` per
-    answered request, `unstable`, and `errors` (a failed run: {"perf_analyzer: <last line>": 1})."""
-    done, client_cpu, csv_path, export_path = _run_once(target, model, concurrency, window_ms, stability,
-                                                        max_trials, workdir)
+        workdir: Path, server_cpu: Callable[[], float]) -> dict:
+    """Measure one row. `server_cpu()` gives the server's CPU seconds so far. Returns rps, p50/p99 ms,
+    `ok_total` (every answered request of the run), `client_cpu_us` and `server_cpu_us` per answered request,
+    `unstable`, and `errors` (a failed run: {"perf_analyzer: <last line>": 1})."""
+    args = (target, model, concurrency, window_ms)
+    done, client_cpu, server_cpu_s = _run_once(*args, stability, max_trials, workdir, server_cpu)
     unstable = UNSTABLE in done.stdout + done.stderr
-    if unstable:  # perf_analyzer writes nothing then: take any three windows, and say so
-        more, cpu, csv_path, export_path = _run_once(target, model, concurrency, window_ms, 999, 3, workdir)
-        done, client_cpu = more, client_cpu + cpu
+    if unstable:  # perf_analyzer writes nothing then: take any three windows (CPU from this run only), say so
+        done, client_cpu, server_cpu_s = _run_once(*args, 999, 3, workdir, server_cpu)
+    csv_path, export_path = workdir / "perf.csv", workdir / "perf-export.json"
     result = {"concurrency": concurrency, "unstable": unstable, "errors": {}, "rps": None, "p50_ms": None,
-              "p99_ms": None, "ok_total": 0, "client_cpu_us": None}
+              "p99_ms": None, "ok_total": 0, "client_cpu_us": None, "server_cpu_us": None}
     if done.returncode != 0 or not csv_path.exists():
         last = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}").splitlines()[-1]
         result["errors"] = {f"perf_analyzer: {last[:200]}": 1}
@@ -89,7 +94,8 @@ def run(target: str, model: str, concurrency: int, *, window_ms: int, stability:
     answered = [r for r in requests if r.get("response_timestamps")]
     result.update(rps=float(row["Inferences/Second"]), p50_ms=float(row["p50 latency"]) / 1000,
                   p99_ms=float(row["p99 latency"]) / 1000, ok_total=len(answered),
-                  client_cpu_us=client_cpu * 1e6 / max(len(answered), 1))
+                  client_cpu_us=client_cpu * 1e6 / max(len(answered), 1),
+                  server_cpu_us=server_cpu_s * 1e6 / max(len(answered), 1))
     if len(answered) < len(requests):
         result["errors"] = {"no response": len(requests) - len(answered)}
     return result

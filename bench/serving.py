@@ -188,24 +188,25 @@ def tree_cpu_seconds(pid: int) -> float:
 def measure_row(server: Server, concurrency: int, opts: argparse.Namespace, workdir: Path, seed: int) -> dict:
     """One measured row by a fresh client process, with the server's CPU time per answered request (a figure
     that other work on the machine disturbs much less than rps) and the client's."""
-    cpu_before = tree_cpu_seconds(server.proc.pid)
+    server_cpu = lambda: tree_cpu_seconds(server.proc.pid)  # noqa: E731
     if opts.client == "perf_analyzer":
         result = perf_client.run(server.target, server.model, concurrency, window_ms=opts.window_ms,
-                                 stability=opts.stability, max_trials=opts.max_trials, workdir=workdir)
+                                 stability=opts.stability, max_trials=opts.max_trials, workdir=workdir,
+                                 server_cpu=server_cpu)
     else:
         cmd = [sys.executable, str(BENCH / "loadgen.py"), "--target", server.target, "--model", server.model,
                "--concurrency", str(concurrency), "--warmup", str(opts.warmup), "--duration", str(opts.duration),
                "--seed", str(seed)]
+        cpu_before = server_cpu()
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=opts.warmup + opts.duration + 120)
         if done.returncode != 0:
             raise RuntimeError(f"load generator failed against {LABELS[server.key]}:\n{done.stderr[-3000:]}")
         result = {**json.loads(done.stdout.strip().splitlines()[-1]), "unstable": False}
-    answered = result["ok_total"]
-    result["server_cpu_us"] = (tree_cpu_seconds(server.proc.pid) - cpu_before) * 1e6 / answered if answered else None
+        result["server_cpu_us"] = (server_cpu() - cpu_before) * 1e6 / max(result["ok_total"], 1)
     # The share of one core the client used while it ran: CPU per request times requests per second.
     result["client_core"] = (result["client_cpu_us"] * result["rps"] / 1e6
                              if result["client_cpu_us"] is not None and result["rps"] else None)
-    server.answered += answered
+    server.answered += result["ok_total"]
     return result
 
 
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-ms", type=int, default=None, help="perf_analyzer's window (default 1000)")
     parser.add_argument("--stability", type=float, default=None,
                         help="perf_analyzer's stability percentage (default 20; --quick: 999, any 3 windows)")
-    parser.add_argument("--max-trials", type=int, default=6, help="perf_analyzer's windows before unstable")
+    parser.add_argument("--max-trials", type=int, default=5, help="perf_analyzer's windows before unstable")
     parser.add_argument("--duration", type=float, default=None, help="loadgen: measured seconds (default 1.5)")
     parser.add_argument("--warmup", type=float, default=None, help="loadgen: unmeasured seconds (default 0.4)")
     parser.add_argument("--output", default=None, help="markdown file (default docs/benchmarks.md; none with --quick)")
