@@ -60,7 +60,8 @@ def targets(rows: list[dict]) -> list[dict]:
     p50 = seq["p50_ms"] if seq else None
     found = [("c=32, logging on: rps >= 75% of the ceiling's", *share(on32, 0.75)),
              ("c=32, logging on: server CPU per request <= 1.33x the ceiling's",
-              None if cpu is None else f"{cpu:.2f}x ({on32['server_cpu_us']:.0f} vs {ceiling32['server_cpu_us']:.0f} µs)",
+              None if cpu is None
+              else f"{cpu:.2f}x ({on32['server_cpu_us']:.0f} vs {ceiling32['server_cpu_us']:.0f} µs)",
               None if cpu is None else cpu <= 1.33),
              ("c=8, logging on: rps >= 60% of the ceiling's", *share(on8, 0.60)),
              ("c=1, logging on: p50 <= 1.3 ms", None if p50 is None else f"{p50:.2f} ms",
@@ -108,7 +109,8 @@ def table_lines(doc: dict) -> list[str]:
         errors = str(r["errors"]) + (f" ({'; '.join(r['error_kinds'])})" if r["error_kinds"] else "")
         if r["unstable"]:
             errors += f", {r['unstable']}/{r['reps']} reps unstable"
-        lines.append(f"| {r['label']} | {r['concurrency']} | {_number(r['rps'], '.0f')} | {_number(r['p50_ms'], '.2f')} "
+        lines.append(f"| {r['label']} | {r['concurrency']} | {_number(r['rps'], '.0f')} "
+                     f"| {_number(r['p50_ms'], '.2f')} "
                      f"| {_number(r['p99_ms'], '.2f')} | {_number(r['vs_ceiling'], '.0%')} "
                      f"| {_number(r['server_cpu_us'], '.0f')} | {_number(r['client_cpu_us'], '.0f')} | {limited} "
                      f"| {errors} |")
@@ -119,8 +121,8 @@ def table_lines(doc: dict) -> list[str]:
         verdict = "n/a (not measured)" if t["met"] is None else ("met" if t["met"] else "NOT met")
         lines.append(f"- {t['target']}: {t['value'] or '-'} — **{verdict}**")
     if log := doc["prediction_log"]:
-        lines.append(f"- prediction log: {log['answered']} requests answered (the server's ModelStatistics; the "
-                     f"clients counted {log['answered_by_client_count']}), {log['rows_while_running']} rows while "
+        lines.append(f"- prediction log: {log['answered']} requests answered (the server's ModelStatistics), "
+                     f"{log['rows_while_running']} rows while "
                      f"running, {log['rows_after_stop']} after SIGTERM — **{'match' if log['match'] else 'MISMATCH'}**")
     if batching := doc.get("batching"):
         lines.append("- adaptive batching over the whole run (from the server's log at stop): " + "; ".join(

@@ -57,7 +57,6 @@ class Server:
     log_path: Path
     model: str
     database_url: str | None = None
-    answered: int = 0  # requests the clients got an OK answer for (warm-up included)
 
     @property
     def target(self) -> str:
@@ -206,7 +205,6 @@ def measure_row(server: Server, concurrency: int, opts: argparse.Namespace, work
     # The share of one core the client used while it ran: CPU per request times requests per second.
     result["client_core"] = (result["client_cpu_us"] * result["rps"] / 1e6
                              if result["client_cpu_us"] is not None and result["rps"] else None)
-    server.answered += result["ok_total"]
     return result
 
 
@@ -242,7 +240,8 @@ def served_requests(server: Server) -> int:
 
 def check_log(server: Server, settle: float = 20.0) -> dict:
     """Wait for the log to catch up with the requests the server answered (until equal, or no progress for
-    `settle` s). perf_analyzer's own count misses the requests in flight when it stops, hence the server's."""
+    `settle` s). The server's count, as perf_analyzer's exports miss the requests in flight when it stops
+    and every request of a run that did not settle."""
     served = served_requests(server)
     seen, last_change = -1, time.monotonic()
     while time.monotonic() - last_change < settle:
@@ -252,7 +251,7 @@ def check_log(server: Server, settle: float = 20.0) -> dict:
         if rows != seen:
             seen, last_change = rows, time.monotonic()
         time.sleep(0.25)
-    return {"answered": served, "answered_by_client_count": server.answered, "rows_while_running": rows}
+    return {"answered": served, "rows_while_running": rows}
 
 
 def measure(servers: list[Server], opts: argparse.Namespace, workdir: Path) -> list:
@@ -326,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                     if server.key != "mlserver":
                         raise
                     said = [line for line in str(exc).splitlines() if line.strip()]  # what happened; its log's end
-                    not_run["mlserver"] = said[0].rstrip(":") + (f" ({said[-1].strip()[:160]})" if len(said) > 1 else "")
+                    log_end = f" ({said[-1].strip()[:160]})" if len(said) > 1 else ""
+                    not_run["mlserver"] = said[0].rstrip(":") + log_end
                     stop(server)
                     servers.remove(server)
             say(f"servers up; {opts.reps} rep(s) x concurrency {opts.concurrencies} x {len(servers)} server(s), "
