@@ -28,6 +28,7 @@ SERVER_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_s
                   ("grpc.so_reuseport", 0)]  # as serving/server.py
 MODEL = "ceiling"
 FEATURES = 8
+MAX_BATCH = 64
 
 
 class Ceiling(pb_grpc.GRPCInferenceServiceServicer):
@@ -36,6 +37,9 @@ class Ceiling(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="ceiling", version="0")
 
     async def ModelReady(self, request, context):
         return pb.ModelReadyResponse(ready=True)
@@ -47,6 +51,13 @@ class Ceiling(pb_grpc.GRPCInferenceServiceServicer):
             inputs=[tensor(name="features", datatype="FP32", shape=[-1, FEATURES])],
             outputs=[tensor(name="output_0", datatype="FP32", shape=[-1, 1])],
         )
+
+    async def ModelConfig(self, request, context):
+        # Triton's extension, which perf_analyzer reads first: batched along the first dimension, like dense8.
+        config = pb.ModelConfig(name=request.name or MODEL, platform="none", max_batch_size=MAX_BATCH,
+                                input=[pb.ModelInput(name="features", data_type=pb.TYPE_FP32, dims=[FEATURES])],
+                                output=[pb.ModelOutput(name="output_0", data_type=pb.TYPE_FP32, dims=[1])])
+        return pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request, context):
         spec = request.inputs[0]
