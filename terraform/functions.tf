@@ -148,7 +148,7 @@ resource "google_cloudfunctions2_function" "control" {
     }
   }
 
-  depends_on = [google_project_iam_member.roles, google_storage_bucket_iam_member.functions_source_build]
+  depends_on = [google_project_iam_member.roles, google_storage_bucket_iam_member.functions_source_build, google_sql_user.iam]
 }
 
 # Who may call which function (their Cloud Run services): the users and groups in var.invokers the api;
