@@ -76,10 +76,11 @@ locals {
 
 resource "google_project_iam_member" "roles" {
   #checkov:skip=CKV_GCP_49:builds.editor lets the control plane start builds; they can run as the build account only (actAs is granted on that account alone)
-  for_each = merge(local.project_roles, var.database_private_ip ? {
+  for_each = merge(local.project_roles, {
     # With the private database, the control plane puts each model server's Cloud Run service on the VPC connector.
-    functions_vpc_user = { member = local.functions_member, role = "roles/vpcaccess.user" }
-  } : {})
+    for key, grant in { functions_vpc_user = { member = local.functions_member, role = "roles/vpcaccess.user" } } :
+    key => grant if var.database_private_ip
+  })
   project = var.project
   role    = each.value.role
   member  = each.value.member

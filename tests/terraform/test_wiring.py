@@ -32,7 +32,8 @@ CONTROL_PLANE_DEFAULTS = {
 # Model-server settings nobody sets on Cloud Run, each for a reason.
 SERVER_DEFAULTS = {
     "host",  # 0.0.0.0: every interface of the container
-    "max_message_bytes", "max_batch_size", "batch_max_wait_ms", "log_predictions", "intra_op_threads",  # tuning
+    "max_message_bytes", "batch_max_wait_ms", "log_predictions", "intra_op_threads",  # tuning
+    "max_batch_size", "log_sample_rate",  # a deployment's config sets them; server_environment passes them on
     "training_data",  # the bundle's bundle.json names it (MODELRUN_MODEL_URI is the bundle folder)
     "journal_dir", "home",  # the container's own disk, under $HOME
 }
@@ -104,12 +105,12 @@ def test_every_control_plane_setting_is_set_or_deliberately_default(tf, function
 
 def test_every_model_server_setting_reaches_the_servers_or_is_deliberately_default():
     """The model servers on Cloud Run get their environment from the control plane (server_environment)."""
-    rev = SimpleNamespace(name="iris", revision=1, config={"log_sample_rate": 0.5})
+    rev = SimpleNamespace(name="iris", revision=1, config={})
     given = set(server_environment(Settings(), rev, ["a", "b"])) | set(SET_BY_CLOUD_RUN)
     fields = ServingSettings.model_fields
     assert SERVER_DEFAULTS <= set(fields)
     names = {name: {env_name(name)} | ({"PORT"} if name == "port" else set()) for name in fields}
-    missing = sorted(name for name in set(fields) - SERVER_DEFAULTS - {"log_sample_rate"} if not names[name] & given)
+    missing = sorted(name for name in set(fields) - SERVER_DEFAULTS if not names[name] & given)
     assert not missing, f"nothing gives the model servers {missing} (or add them to SERVER_DEFAULTS)"
 
 
