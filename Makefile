@@ -3,9 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup protos protos-check test bench bench-setup bench-drift demo clean
+CHECKOV_VENV ?= .venv-checkov
 
-setup: $(VENV)/.installed
+.PHONY: setup checkov-env function-source protos protos-check test bench bench-setup bench-drift demo clean
+
+setup: $(VENV)/.installed $(CHECKOV_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +15,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
+
+# checkov (the Terraform policy check of tests/terraform) in a virtualenv of its own: its pins clash with ours.
+checkov-env: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: terraform/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r terraform/requirements-checkov.txt
+	@touch $@
+
+# The Cloud Functions source archive Terraform uploads: build/function-source.zip (see terraform/function_source.py).
+function-source:
+	$(PYTHON) terraform/function_source.py
 
 protos: setup
 	PYTHON=$(PY) protos/generate.sh
@@ -41,8 +55,8 @@ bench-drift: setup
 
 # Trains a small model on a synthetic dataset, runs `modelrun up`, deploys, predicts, shows drift, stops
 # (`make demo ARGS=--keep` leaves the stack running to open the dashboard).
-demo: setup
+demo: $(VENV)/.installed
 	$(PY) examples/demo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache build *.egg-info

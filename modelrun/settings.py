@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     """Which address of the Cloud SQL instance to connect to: `public`, `private` (VPC) or `psc` (Private
     Service Connect)."""
 
+    server_database_url: str | None = None
+    """The database URL the model servers are given, when it differs from `database_url`: with Cloud SQL IAM
+    database authentication each service account signs in as its own database user, so the model servers'
+    URL names theirs (`mysql+pymysql://modelrun-server@/modelrun`). Unset: `database_url`."""
+
     cloudsql_instance: str | None = None
     """Cloud SQL instance connection name, `project:region:instance`. Set: connections go through the Cloud SQL
     connector, and `database_url` names only driver, user, optional password and database
@@ -117,6 +122,10 @@ class Settings(BaseSettings):
     nobody: the services are private (callers need the role some other way, e.g. on the project). The
     control plane reads each new revision's model metadata, so its own service account needs the role too.
     `allUsers` makes them public and is given only when listed here."""
+
+    run_vpc_connector: str | None = None
+    """Serverless VPC Access connector (`projects/P/locations/R/connectors/NAME`) the model servers on Cloud Run
+    send private-range traffic through, e.g. to a Cloud SQL instance on a private IP. Unset: no VPC access."""
 
     run_endpoint: str | None = None
     """`host:port` of a Cloud Run Admin API reached over cleartext gRPC without credentials (a fake, in tests).

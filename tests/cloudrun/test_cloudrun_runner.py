@@ -12,9 +12,13 @@ import pytest
 import tritonclient.grpc as triton
 from google.cloud import run_v2
 
+from modelrun.control import build_control_plane
+from modelrun.control.backends import BUILDERS
 from modelrun.errors import InvalidInput
+from modelrun.settings import Settings
 from tests.cloudrun.conftest import INVOKERS, PROJECT, REGION, RUNTIME_SA
 from tests.control.conftest import FEATURES8, wait_status
+from tests.fakes.imagebuilder import ImageBuilder
 from tests.util import wait_until
 
 PARENT = f"projects/{PROJECT}/locations/{REGION}"
@@ -203,3 +207,37 @@ def test_run_config_is_checked_when_created(cloud_plane, models_dir):
         create(cloud_plane, "bad", models_dir, {"run": {"min_instances": 5, "max_instances": 2}})
     with pytest.raises(InvalidInput, match="config.run.cpus"):
         create(cloud_plane, "bad", models_dir, {"run": {"cpus": 2}})
+
+
+def test_model_servers_get_their_own_database_user_and_the_vpc_connector(home, fake, registry, models_dir,
+                                                                         monkeypatch):
+    """On Google Cloud with IAM database auth the servers sign in as their own service account, and reach a
+    private-IP Cloud SQL through the VPC connector (what terraform/ sets up)."""
+    connector = f"projects/{PROJECT}/locations/{REGION}/connectors/modelrun"
+    monkeypatch.setenv("MODELRUN_SERVER_DATABASE_URL", "sqlite:///server.db")
+    monkeypatch.setenv("MODELRUN_RUN_VPC_CONNECTOR", connector)
+    monkeypatch.setenv("MODELRUN_RUN_SERVICE_ACCOUNT", RUNTIME_SA)
+    monkeypatch.setenv("MODELRUN_RUN_SWEEP_INTERVAL", "0")
+    monkeypatch.setenv("MODELRUN_RUNNER", "cloudrun")
+    monkeypatch.setenv("MODELRUN_BUILDER", "fakeimage")
+    monkeypatch.setenv("MODELRUN_GCP_PROJECT", PROJECT)
+    monkeypatch.setenv("MODELRUN_GCP_REGION", REGION)
+    monkeypatch.setenv("MODELRUN_RUN_ENDPOINT", fake.address)
+    monkeypatch.setitem(BUILDERS, "fakeimage", lambda settings, storage: ImageBuilder(settings, storage, registry))
+    plane = build_control_plane(Settings())
+    try:
+        create(plane, "iris", models_dir)
+
+        def created():
+            plane.reconcile_once()
+            return fake.calls("CreateService")
+
+        (call,) = wait_until(created, timeout=60, what="the Cloud Run service to be created")
+        template = call.service.template
+        assert template.vpc_access.connector == connector
+        assert template.vpc_access.egress == run_v2.VpcAccess.VpcEgress.PRIVATE_RANGES_ONLY
+        env = {e.name: e.value for e in template.containers[0].env}
+        assert env["MODELRUN_DATABASE_URL"] == "sqlite:///server.db"
+        assert plane.settings.resolved_database_url != "sqlite:///server.db"  # the control plane keeps its own
+    finally:
+        plane.shutdown()

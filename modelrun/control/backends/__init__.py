@@ -114,7 +114,7 @@ def server_environment(settings: Settings, rev: Revision, features: list[str]) -
         "MODELRUN_REVISION": str(rev.revision),
         "MODELRUN_FEATURE_NAMES": ",".join(features),
         "MODELRUN_REFERENCE_ROWS": str(settings.drift_sample_rows),
-        "MODELRUN_DATABASE_URL": settings.resolved_database_url,
+        "MODELRUN_DATABASE_URL": settings.server_database_url or settings.resolved_database_url,
         "MODELRUN_CLOUDSQL_INSTANCE": settings.cloudsql_instance or "",
         "MODELRUN_CLOUDSQL_IAM_AUTH": str(settings.cloudsql_iam_auth).lower(),
         "MODELRUN_CLOUDSQL_IP_TYPE": settings.cloudsql_ip_type,

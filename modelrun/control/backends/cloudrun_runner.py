@@ -229,7 +229,16 @@ class CloudRunRunner:
                                         max_instance_count=config.max_instances),
             max_instance_request_concurrency=config.concurrency, timeout=timedelta(seconds=config.request_timeout),
             service_account=config.service_account or self.settings.run_service_account or "",
-            execution_environment=run.ExecutionEnvironment.EXECUTION_ENVIRONMENT_GEN2, containers=[container])
+            execution_environment=run.ExecutionEnvironment.EXECUTION_ENVIRONMENT_GEN2, containers=[container],
+            vpc_access=self._vpc_access())
+
+    def _vpc_access(self):
+        """Private-range traffic (Cloud SQL on a private IP) through the connector, when one is set."""
+        if not self.settings.run_vpc_connector:
+            return None
+        run = self.run_v2
+        return run.VpcAccess(connector=self.settings.run_vpc_connector,
+                             egress=run.VpcAccess.VpcEgress.PRIVATE_RANGES_ONLY)
 
     def _set_invokers(self, name: str) -> None:
         """Only `run_invokers` may call the service (nobody when empty: private)."""
