@@ -307,10 +307,12 @@ def drift(name, window, as_json):
 @click.option("--open", "open_browser", is_flag=True, help="Open it in the default web browser.")
 @json_option
 def dashboard(open_browser, as_json):
-    """Print the drift dashboard's URL (`modelrun up` serves it at /dashboard/ on the API's port)."""
+    """Print the drift dashboard's URL (`modelrun up` serves it at /dashboard/ on the API's port; on Google
+    Cloud set MODELRUN_DASHBOARD_URL)."""
     from modelrun.cli_output import echo_json
 
-    url = _settings().api.rstrip("/") + "/dashboard/"
+    settings = _settings()
+    url = settings.dashboard_url or settings.api.rstrip("/") + "/dashboard/"
     if as_json:
         echo_json({"url": url})
     else:

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     api: str = "http://127.0.0.1:8080"
     """Where the CLI and the Python client find the control plane."""
 
+    dashboard_url: str | None = None
+    """Where `modelrun dashboard` points (Terraform's `dashboard_url` output on Google Cloud). Unset: the
+    `/dashboard/` page that `modelrun up` serves on the API's port."""
+
     token: str | None = None
     """Bearer token for the REST API. Unset: read from $MODELRUN_HOME/token (written by the first `modelrun up`)."""
 

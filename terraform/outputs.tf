@@ -11,6 +11,12 @@ locals {
     google_artifact_registry_repository.images.repository_id,
   startswith(var.serving_image_tag, "sha256:") ? "@" : ":", var.serving_image_tag)
   dashboard_host = var.dashboard_public ? "storage.googleapis.com" : "storage.cloud.google.com"
+  dashboard_url  = "https://${local.dashboard_host}/${google_storage_bucket.dashboard.name}/index.html"
+  # What the `modelrun` CLI and Python client need (ID tokens come from Application Default Credentials).
+  modelrun_env = {
+    MODELRUN_API           = google_cloudfunctions2_function.control["api"].url
+    MODELRUN_DASHBOARD_URL = local.dashboard_url
+  }
 }
 
 output "api_url" {
@@ -20,7 +26,7 @@ output "api_url" {
 
 output "dashboard_url" {
   description = "The drift dashboard (published by the `drift` function); signed in to Google unless dashboard_public."
-  value       = "https://${local.dashboard_host}/${google_storage_bucket.dashboard.name}/index.html"
+  value       = local.dashboard_url
 }
 
 output "models_bucket" {
@@ -43,14 +49,12 @@ output "serving_image_build" {
 
 output "modelrun_env" {
   description = "Environment of the `modelrun` CLI and Python client for this deployment (Application Default Credentials that can mint ID tokens sign the calls)."
-  value = {
-    MODELRUN_API = google_cloudfunctions2_function.control["api"].url
-  }
+  value       = local.modelrun_env
 }
 
 output "modelrun_env_exports" {
   description = "The same as shell lines: eval \"$(terraform output -raw modelrun_env_exports)\"."
-  value       = "export MODELRUN_API=${google_cloudfunctions2_function.control["api"].url}\n"
+  value       = join("", [for name, value in local.modelrun_env : "export ${name}=${value}\n"])
 }
 
 output "service_accounts" {

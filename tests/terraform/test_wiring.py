@@ -17,7 +17,7 @@ from tests.terraform.config import TERRAFORM, load, main_py_names, one, value
 # Settings the functions leave at their defaults, each for a reason.
 CONTROL_PLANE_DEFAULTS = {
     # read by the CLI and the Python client only, never by the control plane
-    "api", "token", "id_token", "grpc_max_message_bytes",
+    "api", "token", "id_token", "grpc_max_message_bytes", "dashboard_url",
     # test fakes without TLS: unset means the real Google APIs
     "cloudbuild_endpoint", "artifactregistry_endpoint", "run_endpoint",
     # `modelrun up` only (on Google Cloud Cloud Scheduler calls reconcile and drift) and the local runner only
@@ -168,3 +168,12 @@ def test_every_variable_has_a_description(tf):
     undocumented = [name for name, v in tf.variables.items() if not value(v.get("description", ""))]
     assert not undocumented
     assert [name for name, v in tf.variables.items() if "default" not in v] == ["project"]
+
+
+def test_the_exported_environment_points_the_cli_at_the_api_and_the_dashboard(tf):
+    env = tf.locals["modelrun_env"]
+    unknown = sorted(set(env) - {env_name(f) for f in Settings.model_fields})
+    assert not unknown, f"terraform/outputs.tf exports {unknown}, which no setting reads"
+    assert env["MODELRUN_API"] == '${google_cloudfunctions2_function.control["api"].url}'
+    assert env["MODELRUN_DASHBOARD_URL"] == "${local.dashboard_url}"
+    assert tf.outputs["modelrun_env"]["value"] == "${local.modelrun_env}"
