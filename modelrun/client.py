@@ -109,7 +109,8 @@ class Client:
     def _canary(self, name: str, action: str, wait: bool, timeout: float) -> Deployment:
         deployment = self._call("POST", f"/deployments/{name}/{action}")
         deadline = time.monotonic() + timeout
-        while wait and deployment.get("canary") is not None:
+        # A promoted canary may first start again at the deployment's endpoint (DEPLOYING, no canary then).
+        while wait and (deployment.get("canary") is not None or deployment.get("status") not in TERMINAL):
             if time.monotonic() > deadline:
                 raise errors.Unavailable(f"deployment {name!r} still has its canary after {timeout:.0f}s")
             time.sleep(0.25)

@@ -18,7 +18,7 @@ from serving.settings import ServingSettings
 
 # Flag -> settings field. Everything else comes from MODELRUN_* variables only.
 FLAGS = {
-    "--model": "model_uri", "--name": "model_name", "--port": "port", "--host": "host",
+    "--model": "model_uri", "--name": "model_name", "--port": "port", "--admin-port": "admin_port", "--host": "host",
     "--revision": "revision", "--database-url": "database_url", "--feature-names": "feature_names",
 }
 ENV_NAMES = {"port": "PORT"}  # fields whose variable has no MODELRUN_ prefix

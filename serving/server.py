@@ -3,8 +3,12 @@
 Order of events: bind the port (health answers NOT_SERVING) → import TensorFlow and load the model on
 the model thread, start the prediction logger → warm-up inference → freeze the heap → health SERVING. A model that
 cannot be loaded ends the process with one clear log line and exit code 1, so a supervisor sees it.
-SIGTERM/SIGINT: health NOT_SERVING, stop accepting, let in-flight RPCs finish (grace period), flush
-the prediction log, exit 0.
+With an admin port (the local runner's), that port is bound first and the serving port only once the model
+is warm: the serving port may be shared (SO_REUSEPORT) with the previous revision's server, and must never
+take a connection this server cannot answer yet. Probes use the admin port, which reaches this server alone.
+SIGTERM/SIGINT: health NOT_SERVING, then grpc's server.stop(grace): it closes the listening sockets first,
+then sends every connection GOAWAY (clients reconnect, to whoever still listens on the port) and lets
+in-flight RPCs finish (grace period); then flush the prediction log, exit 0.
 """
 
 from __future__ import annotations
@@ -52,39 +56,54 @@ async def serve(settings: ServingSettings) -> int:
         return 1
     dataplane = DataPlane(settings.model_name, settings.revision, feature_names=settings.feature_names,
                           logger=logger)
-    server, health_servicer = await _build_server(settings, dataplane)
+    health_servicer = await _health_servicer()
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
-    address = f"{host}:{settings.port}"
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        log.error("cannot listen on %s: %s", address, exc)
+    public = _build_server(settings, dataplane, health_servicer, shared=settings.share_port)
+    admin = _build_server(settings, dataplane, health_servicer, shared=False) if settings.admin_port else None
+    servers = [s for s in (admin, public) if s is not None]
+    early = admin or public  # what listens while the model loads
+    if (port := _listen(early, host, settings.admin_port or settings.port)) is None:
         return 1
-    await server.start()
-    log.info("listening on %s:%d (gRPC, cleartext HTTP/2); loading model %r from %s",
-             host, port, settings.model_name, settings.model_uri)
+    await early.start()
+    log.info("listening on %s:%d (gRPC, cleartext HTTP/2%s); loading model %r from %s", host, port,
+             ", admin port" if admin else "", settings.model_name, settings.model_uri)
 
     startup = asyncio.ensure_future(_start(settings, dataplane, logger))
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if not startup.done():
         log.info("stop requested while loading; shutting down")
-        await server.stop(0)
+        await early.stop(0)
         return 0  # the loading thread is abandoned; __main__ exits without waiting for it
     stopped.cancel()
     if error := startup.exception():
-        await server.stop(0)  # first: cancelling a call in flight may log, and the error must be the last line
+        await early.stop(0)  # first: cancelling a call in flight may log, and the error must be the last line
         log.error("%s", error.message if isinstance(error, ModelrunError) else f"startup failed: {error!r}")
         return 1
     _freeze_heap()
+    if admin is not None:
+        if (port := _listen(public, host, settings.port)) is None:
+            await admin.stop(0)
+            return 1
+        await public.start()
     for service in ("", INFERENCE_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving model %r revision %d (%s) on %s:%d", settings.model_name, settings.revision,
              dataplane.model.platform, host, port)
 
     await stop.wait()
-    await _shutdown(server, health_servicer, dataplane, logger)
+    await _shutdown(servers, health_servicer, dataplane, logger)
     return 0
+
+
+def _listen(server, host: str, port: int) -> int | None:
+    """Bind `port` (0: any free one); the port bound, or None after logging why it could not be."""
+    address = f"{host}:{port}"
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError as exc:
+        log.error("cannot listen on %s: %s", address, exc)
+        return None
 
 
 def _freeze_heap() -> None:
@@ -96,10 +115,10 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-async def _shutdown(server, health_servicer, dataplane: DataPlane, logger) -> None:
+async def _shutdown(servers: list, health_servicer, dataplane: DataPlane, logger) -> None:
     log.info("stopping: finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(GRACE_SECONDS)
+    await asyncio.gather(*(server.stop(GRACE_SECONDS) for server in servers))
     await asyncio.to_thread(dataplane.batcher.close)
     stats = dataplane.batcher.stats
     log.info("served %d requests (%d rows) in %d model calls", stats.requests, stats.rows, stats.calls)
@@ -181,23 +200,29 @@ def _make_logger(settings: ServingSettings):
                             remote_journal=remote)
 
 
-async def _build_server(settings: ServingSettings, dataplane: DataPlane):
+async def _health_servicer() -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    # The servicer starts with "" SERVING; nothing is served until the model is warm.
+    for service in ("", INFERENCE_SERVICE):
+        await servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return servicer
+
+
+def _build_server(settings: ServingSettings, dataplane: DataPlane, health_servicer, *, shared: bool):
+    """A gRPC server with every service; `shared`: its port may have other listeners (SO_REUSEPORT), else
+    binding a port another socket listens on fails. grpc sets SO_REUSEPORT by default on Linux: say which."""
     limit = settings.max_message_bytes
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ("grpc.so_reuseport", 1 if shared else 0),
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    # The servicer starts with "" SERVING; nothing is served until the model is warm.
-    for service in ("", INFERENCE_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     services = (INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server, pool=_reflection_pool())
-    return server, health_servicer
+    return server
 
 
 def _reflection_pool() -> descriptor_pool.DescriptorPool:

@@ -36,6 +36,15 @@ class ServingSettings(BaseSettings):
     host: str = "0.0.0.0"
     """Interface to listen on: 0.0.0.0 for all (containers), 127.0.0.1 for a local deployment."""
 
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
+    """A second TCP port, this server's alone, for health checks and the supervisor. Set: it opens first and
+    answers NOT_SERVING while the model loads; `port` opens only once the model is warm, so a shared `port`
+    never hands a connection to a server that cannot answer yet."""
+
+    share_port: bool = False
+    """Let other servers listen on `port` too (SO_REUSEPORT; the kernel spreads new connections over them):
+    a new revision starts beside the old one on one endpoint. Unset: a port in use ends the process."""
+
     database_url: str | None = None
     """SQLAlchemy URL of the prediction log. Unset: SQLite at $MODELRUN_HOME/modelrun.db."""
 

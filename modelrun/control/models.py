@@ -138,6 +138,7 @@ class Deployment:
     updated_at: datetime
     features: list[str] | None = None
     canary: dict | None = None  # {"revision", "percent", "endpoint"} while a new revision is on trial
+    address: str | None = None  # for the control plane, not shown: where every non-canary revision listens
 
     def to_json(self) -> dict:
         return {

@@ -3,7 +3,8 @@ whatever state it finds, one idempotent step after another, and never waits long
 
 Per deployment, the newest revision goes PENDING → BUILDING (validate + stage + reference profile) → DEPLOYING (start, poll
 health across passes, check the model's inputs against the training data) → READY, when it becomes the
-serving revision and the previous one drains for `drain_grace` seconds before it is stopped. Any failure
+serving revision and the previous one drains for `drain_grace` seconds before it is stopped. Every revision
+but a canary starts at the deployment's address (its endpoint for life; see `_step`). Any failure
 is FAILED with a one-line reason and whatever that revision had made is stopped and removed. A serving
 server that died is restarted after a backoff (its revision shows DEPLOYING meanwhile, each crash is an
 event); `restart_limit` crashes within `restart_window` make it FAILED. DELETING tears everything down.
@@ -93,14 +94,19 @@ class Reconciler:
             return
         latest = next(r for r in revs if r.revision == dep.revision)
         serving = next((r for r in revs if r.revision == dep.serving_revision), None)
+        address = dep.address or (serving.endpoint if serving else None)
         for rev in revs:
             if rev is not latest and rev is not serving:
                 self._retire(rev, latest.revision)
         if serving is not None and serving is not latest:
-            self._step(serving, previous=None, serving=True)
-        self._step(latest, previous=serving if serving is not latest else None, serving=latest is serving)
+            self._step(serving, address, previous=None, serving=True)
+        self._step(latest, address, previous=serving if serving is not latest else None, serving=latest is serving)
 
-    def _step(self, rev: m.Revision, previous: m.Revision | None, serving: bool = False) -> None:
+    def _step(self, rev: m.Revision, address: str | None, previous: m.Revision | None,
+              serving: bool = False) -> None:
+        """`address`: the deployment's endpoint for life, where every revision but a canary is started (None
+        until its first revision serves; a deployment from before addresses were kept has its serving
+        revision's endpoint)."""
         if rev.state == m.PENDING:
             self.repo.set_revision(rev, state=m.BUILDING, message="validating and staging the model")
         if rev.state == m.BUILDING:
@@ -119,23 +125,26 @@ class Reconciler:
             self.repo.set_revision(rev, state=m.DEPLOYING, build=None, artifact=build.artifact,
                                    features=build.features, message="starting the model server")
         if rev.state == m.DEPLOYING:
-            return self._deploying(rev, previous, serving)
+            return self._deploying(rev, address, previous, serving)
         if rev.state == m.CANARY:
-            return self._canary(rev, previous)
+            return self._canary(rev, address, previous)
         if rev.state == m.READY:
             self._reference(rev)
-            return self._supervise(rev)
+            return self._supervise(rev, address)
         if rev.state == m.FAILED and (rev.runtime or rev.artifact or rev.build):
             self._fail(rev, rev.error or "failed")
 
-    def _deploying(self, rev: m.Revision, previous: m.Revision | None, serving: bool = False) -> None:
+    def _deploying(self, rev: m.Revision, address: str | None, previous: m.Revision | None,
+                   serving: bool = False) -> None:
         # A revision that served before is restarted after a failed start, with backoff; a new one fails.
         give_up = self._crashed if serving else self._fail
+        percent = rev.config.get("canary_percent")
+        canary = previous is not None and bool(percent) and rev.action != m.PROMOTE
         if not rev.runtime:
             if rev.retry_at is not None and utcnow() < rev.retry_at:
                 return  # backing off after a crash
             try:
-                started = self.runner.start(rev, rev.features or [])
+                started = self.runner.start(rev, rev.features or [], None if canary else address)
             except (ModelrunError, OSError) as exc:  # OSError: the staged bundle is gone
                 return give_up(rev, _reason(exc))
             deadline = utcnow() + timedelta(seconds=self.settings.start_timeout)
@@ -155,13 +164,14 @@ class Reconciler:
             inspect.check_inputs(self.runner.model_inputs(rev.runtime, rev.name), rev.features or [])
         except ModelrunError as exc:
             return self._fail(rev, exc.message)
-        percent = rev.config.get("canary_percent")
-        if previous is not None and percent:
+        if canary:
             if self._move_traffic(rev, rev.runtime, previous.runtime, percent, give_up):
                 self.repo.set_revision(rev, state=m.CANARY, deadline=None,
                                        message=f"canary at {rev.endpoint}: {percent}% of the traffic, revision "
                                                f"{previous.revision} the rest, until promoted or rolled back")
             return
+        if address and rev.endpoint != address:  # started as a canary, its trial now over
+            return self._relocate(rev, address, previous)
         self._switch(rev, previous, give_up)
 
     def _switch(self, rev: m.Revision, previous: m.Revision | None, give_up=None) -> None:
@@ -184,17 +194,32 @@ class Reconciler:
             give_up(rev, exc.message)
         return False
 
-    def _canary(self, rev: m.Revision, previous: m.Revision | None) -> None:
+    def _canary(self, rev: m.Revision, address: str | None, previous: m.Revision | None) -> None:
         """A canary carries out what was asked of it; without a revision beside it, it takes all traffic."""
-        stopped = rev.action is None and previous is not None and self.runner.probe(rev.runtime).state == "exited"
+        stopped = (rev.action is None and previous is not None and rev.runtime is not None
+                   and self.runner.probe(rev.runtime).state == "exited")
         if rev.action == m.ROLLBACK or stopped:
             reason = "the canary's model server stopped" if stopped else "rolled back on request"
             if previous is None or self._move_traffic(rev, previous.runtime, None, 100, self._fail):
                 self._fail(rev, reason)
             return
+        if not rev.runtime:  # stopped with `modelrun up`: start it again
+            self.repo.set_revision(rev, state=m.DEPLOYING, retry_at=None, message="restarting the canary: not running")
+            return self._deploying(rev, address, previous)
         if rev.action == m.PROMOTE or previous is None:
+            if address and rev.endpoint != address:
+                return self._relocate(rev, address, previous)
             self.repo.set_revision(rev, action=None)
             self._switch(rev, previous)
+
+    def _relocate(self, rev: m.Revision, address: str, previous: m.Revision | None) -> None:
+        """A canary that is to take all the traffic, on an endpoint of its own (locally), moves to the
+        deployment's: a server of it starts there beside the serving one, and takes over as any update does.
+        The canary's own server stops now: its endpoint ends with the trial."""
+        self.runner.stop(rev.runtime)
+        self.repo.set_revision(rev, state=m.DEPLOYING, action=m.PROMOTE, runtime=None, deadline=None, retry_at=None,
+                               message=f"promoted: starting at the deployment's endpoint {address}")
+        self._deploying(rev, address, previous)
 
     def _reference(self, rev: m.Revision) -> None:
         """A revision that was READY before drift monitoring existed gets its reference now (one try per
@@ -208,7 +233,7 @@ class Reconciler:
         except (ModelrunError, OSError) as exc:
             log.warning("%s revision %d: no drift reference: %s", rev.name, rev.revision, _reason(exc))
 
-    def _supervise(self, rev: m.Revision) -> None:
+    def _supervise(self, rev: m.Revision, address: str | None) -> None:
         """A READY revision whose server crashed is restarted after a backoff; one that is not running (after
         a restart of `modelrun up`) is started again at once."""
         if rev.runtime:
@@ -217,7 +242,7 @@ class Reconciler:
                 return
             return self._crashed(rev, probe.reason or "the model server exited")
         self.repo.set_revision(rev, state=m.DEPLOYING, runtime=None, retry_at=None, message="restarting: not running")
-        self._deploying(rev, previous=None, serving=True)
+        self._deploying(rev, address, previous=None, serving=True)
 
     def _crashed(self, rev: m.Revision, reason: str) -> None:
         """The server of a revision that serves died, or could not start again: restart it after a backoff,

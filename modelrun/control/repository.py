@@ -51,7 +51,7 @@ def _deployment(row) -> m.Deployment:
         name=row.name, status=row.status, endpoint=row.endpoint, model_uri=row.model_uri,
         training_data_uri=row.training_data_uri, config=config, revision=row.revision,
         serving_revision=row.serving_revision, features=_loads(row.serving_features), canary=canary,
-        error=row.error, created_at=row.created_at, updated_at=row.updated_at,
+        error=row.error, created_at=row.created_at, updated_at=row.updated_at, address=row.address,
     )
 
 
@@ -243,11 +243,12 @@ class Repository:
             now = utcnow()
             where = revisions.c.deployment_id == rev.deployment_id
             conn.execute(revisions.update().where(where & (revisions.c.revision == rev.revision))
-                         .values(state=m.READY, error=None, deadline=None, updated_at=now))
+                         .values(state=m.READY, error=None, deadline=None, action=None, updated_at=now))
             if rev.state != m.READY:
                 self._event(conn, rev.name, rev.revision, rev.state, m.READY, f"serving at {rev.endpoint}", now)
             conn.execute(deployments.update().where(deployments.c.id == rev.deployment_id)
-                         .values(serving_revision=rev.revision, endpoint=rev.endpoint))
+                         .values(serving_revision=rev.revision, endpoint=rev.endpoint,
+                                 address=sa.func.coalesce(deployments.c.address, rev.endpoint)))
             if previous is not None and previous.revision != rev.revision:
                 conn.execute(revisions.update().where(where & (revisions.c.revision == previous.revision))
                              .values(state=m.DRAINING, deadline=drain_until, updated_at=now))
@@ -255,7 +256,7 @@ class Repository:
                             f"replaced by revision {rev.revision}", now)
             self._refresh(conn, rev.deployment_id, now)
         self._tx(work)
-        rev.state = m.READY
+        rev.state, rev.action = m.READY, None
 
     def remove(self, deployment_id: int, name: str) -> None:
         def work(conn):

@@ -37,6 +37,9 @@ deployments = sa.Table(
     sa.Column("error", _TEXT, nullable=True),
     sa.Column("created_at", _TIME, nullable=False),
     sa.Column("updated_at", _TIME, nullable=False),
+    # Where the deployment is served for its whole life (the runner's choice for its first serving revision;
+    # locally 127.0.0.1:port); `endpoint` shows it while a revision serves. Added later: older rows have NULL.
+    sa.Column("address", sa.String(512), nullable=True),
     sa.UniqueConstraint("name", name="uq_deployments_name"),
 )
 

@@ -35,8 +35,9 @@ class RegistryRunner(LocalRunner):
         super().__init__(settings)
         self.registry = registry
 
-    def start(self, rev, features):
-        return super().start(dataclasses.replace(rev, artifact=str(self.registry.folder(rev.artifact))), features)
+    def start(self, rev, features, address=None):
+        return super().start(dataclasses.replace(rev, artifact=str(self.registry.folder(rev.artifact))), features,
+                             address)
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shlex
+import signal
 import shutil
 import subprocess
 import threading
@@ -189,6 +191,79 @@ def test_update_switches_versions_without_failing_a_prediction(stack, models):
     stack.cli("delete", "rollout", "--wait")
 
 
+def servers_of(stack, name: str) -> list[int]:
+    """Pids of the model servers running for deployment `name`."""
+    return [pid for pid in serving_processes(stack.home)
+            if name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+
+
+def versions(endpoint: str, name: str) -> list[str]:
+    """The model versions a new connection to `endpoint` reports (a connection of its own: not one of the
+    process's pooled ones)."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(endpoint, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+    try:
+        return client.get_model_metadata(name, as_json=True)["versions"]
+    finally:
+        client.close()
+
+
+def test_a_tritonclient_holding_the_endpoint_predicts_through_an_update_and_a_crash(stack, models):
+    import tritonclient.grpc as triton
+
+    deployment = deploy(stack, "steady", models["v1"], models["dense8_csv"])
+    endpoint = deployment["endpoint"]
+    x = np.random.default_rng(6).normal(size=(3, 8)).astype(np.float32)
+    v1, v2 = expected_dense8(models["v1"], x), expected_dense8(models["v2"], x)
+    client = triton.InferenceServerClient(endpoint)  # one client for the whole test, as a user would hold it
+    metadata = client.get_model_metadata("steady", as_json=True)
+    tensor = triton.InferInput(metadata["inputs"][0]["name"], list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    output = metadata["outputs"][0]["name"]
+    answers, failures, stop = [], [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                result = client.infer("steady", [tensor])
+                answers.append((result.get_response().model_version, result.as_numpy(output).ravel()))
+            except Exception as exc:  # noqa: BLE001 — every failure is what this test counts
+                failures.append(repr(exc))
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(answers) >= 3, timeout=60, what="predictions before the update")
+        updated = stack.cli_json("update", "steady", "--model", str(models["v2"]), "--wait")
+        assert (updated["status"], updated["serving_revision"], updated["endpoint"]) == ("READY", 2, endpoint)
+        wait_until(lambda: len(servers_of(stack, "steady")) == 1, timeout=60, what="revision 1's server to stop")
+        seen = len(answers)
+        wait_until(lambda: len(answers) >= seen + 5, timeout=60, what="predictions after revision 1 stopped")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert failures == []
+    assert answers[0][0] == "1" and np.allclose(answers[0][1], v1, rtol=1e-4, atol=1e-5)
+    assert answers[-1][0] == "2" and np.allclose(answers[-1][1], v2, rtol=1e-4, atol=1e-5)
+    assert stack.cli_json("get", "steady")["endpoint"] == endpoint
+
+    # A crashed server is started again on the same endpoint, where the same client finds it.
+    [pid] = servers_of(stack, "steady")
+    os.kill(pid, signal.SIGKILL)
+
+    def answered():
+        try:
+            return client.infer("steady", [tensor]).get_response().model_version
+        except triton.InferenceServerException:
+            return None
+
+    assert wait_until(answered, timeout=120, interval=0.5, what="the restarted server to answer") == "2"
+    assert stack.cli_json("get", "steady")["endpoint"] == endpoint
+    client.close()
+    stack.cli("delete", "steady", "--wait")
+
+
 def test_manifest_dropped_into_the_bucket_deploys_itself(stack, models):
     folder = stack.bucket / "dropped-v1"
     folder.mkdir()
@@ -229,8 +304,9 @@ def test_canary_update_then_promote_and_rollback(stack, models, tmp_path):
     assert shown["canary"]["endpoint"] != shown["endpoint"]  # locally the canary answers on its own endpoint
 
     promoted = stack.cli_json("promote", "trial", "--wait")
-    assert (promoted["serving_revision"], promoted["canary"]) == (2, None)
-    assert promoted["endpoint"] == shown["canary"]["endpoint"]
+    assert (promoted["status"], promoted["serving_revision"], promoted["canary"]) == ("READY", 2, None)
+    assert promoted["endpoint"] == shown["endpoint"]  # the promoted revision took over the deployment's endpoint
+    assert versions(promoted["endpoint"], "trial") == ["2"]
     assert "no canary to promote" in one_error_line(stack.cli("promote", "trial", check=False))
 
     stack.cli("update", "trial", "--model", str(models["v1"]), "--config", str(canary), "--wait")
@@ -241,10 +317,6 @@ def test_canary_update_then_promote_and_rollback(stack, models, tmp_path):
     assert "rolled back on request" in after["error"]
     assert after["endpoint"] == promoted["endpoint"]
 
-    def trial_servers() -> list[int]:
-        return [pid for pid in serving_processes(stack.home)
-                if b"trial" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-
-    wait_until(lambda: len(trial_servers()) == 1, timeout=60,
+    wait_until(lambda: len(servers_of(stack, "trial")) == 1, timeout=60,
                what="the rolled-back canary's and the replaced revision's servers to stop")
     stack.cli("delete", "trial", "--wait")

@@ -4,6 +4,7 @@ cannot load with one clear line and a non-zero exit; stop cleanly on SIGTERM; re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import socket
 import threading
@@ -19,8 +20,8 @@ from modelrun.db.predictions import read_predictions
 from modelrun.proto import inference_pb2 as pb
 from modelrun.proto import inference_pb2_grpc as pb_grpc
 from tests.serving import models
-from tests.serving.conftest import NO_LOG, SERVING, launch, start_server
-from tests.util import wait_until
+from tests.serving.conftest import NO_LOG, SERVING, ServerProcess, launch, start_server
+from tests.util import free_port, wait_until
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE = "inference.GRPCInferenceService"
@@ -196,3 +197,60 @@ def test_every_answered_request_is_logged_under_the_feature_names(model_files, t
     assert row["features"] == {name: [float(i), float(8 + i)] for i, name in enumerate(names)}
     y = np.frombuffer(replies[0].raw_output_contents[0], np.float32)
     assert np.allclose(row["outputs"]["y"], y)
+
+
+def test_a_new_server_joins_a_shared_port_once_warm_and_the_stopped_one_hands_its_clients_over(model_files,
+                                                                                               tmp_path):
+    # The local runner's update: revision 2 starts on revision 1's port (each answers health on an admin port
+    # of its own), then revision 1 is stopped while a client holds one channel to the port.
+    port = free_port()
+
+    def start(revision: int) -> tuple[ServerProcess, ServerProcess]:
+        admin = free_port()
+        server = launch(model_files["dense8"], "dense8", home=tmp_path,
+                        env={**NO_LOG, "MODELRUN_SHARE_PORT": "true", "MODELRUN_REVISION": str(revision)},
+                        extra_args=["--port", str(port), "--admin-port", str(admin)])
+        return server, dataclasses.replace(server, address=f"127.0.0.1:{admin}", port=admin)
+
+    def version_on_a_new_connection() -> str:
+        # A local subchannel pool: a new channel of the process would otherwise reuse the held connection.
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(x), timeout=30).model_version
+
+    x = np.ones((2, 8), dtype=np.float32)
+    old, old_admin = start(1)
+    new = None
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    versions, failures, stop = [], [], threading.Event()
+
+    def traffic():
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while not stop.is_set():
+            try:
+                versions.append(stub.ModelInfer(infer_request(x), timeout=30).model_version)
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code().name}: {exc.details()}")
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    try:
+        old_admin.wait_serving()
+        thread.start()
+        new, new_admin = start(2)
+        wait_until(lambda: new_admin.health() == NOT_SERVING, timeout=60, interval=0.02, what="the admin port")
+        # While revision 2 loads, new connections to the port all reach revision 1.
+        assert [version_on_a_new_connection() for _ in range(8)] == ["1"] * 8 or new_admin.health() == SERVING
+        new_admin.wait_serving()
+        wait_until(lambda: "2" in {version_on_a_new_connection() for _ in range(8)}, timeout=30,
+                   what="new connections to reach revision 2 too")
+        assert old.stop() == 0
+        seen = len(versions)
+        wait_until(lambda: len(versions) > seen + 20, timeout=60, what="calls after revision 1 stopped")
+    finally:
+        stop.set()
+        thread.join(60)
+        channel.close()
+        old.stop()
+        if new is not None:
+            new.stop()
+    assert failures == []
+    assert versions[0] == "1" and set(versions[-10:]) == {"2"}

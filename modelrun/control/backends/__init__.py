@@ -84,8 +84,10 @@ class Runner(Protocol):
 
     detached: bool  # do its servers outlive the control plane (Cloud Run)? Then shutting down stops none.
 
-    def start(self, rev: Revision, features: list[str]) -> Started:
-        """Start serving `rev.artifact`; return at once (readiness is polled with `probe`)."""
+    def start(self, rev: Revision, features: list[str], address: str | None = None) -> Started:
+        """Start serving `rev.artifact`; return at once (readiness is polled with `probe`). `address` is the
+        endpoint the deployment already has, which the new server must take over (None: a new deployment's
+        first server or a canary, which get one of their own)."""
 
     def probe(self, runtime: dict) -> Probe:
         """One quick look: starting, serving, or exited (with the reason a person can act on)."""
@@ -95,7 +97,8 @@ class Runner(Protocol):
 
     def serve(self, runtime: dict, previous: dict | None = None, percent: int = 100) -> None:
         """Send `percent` of the deployment's traffic to this revision and the rest to `previous` (called when it
-        is ready, before the control plane records it as serving). Locally a no-op: the endpoint moves."""
+        is ready, before the control plane records it as serving). Locally a no-op: a server started at the
+        deployment's address already shares its port, and `previous` leaves it when stopped."""
 
     def stop(self, runtime: dict) -> None:
         """Stop it and wait until it is gone; safe to repeat."""

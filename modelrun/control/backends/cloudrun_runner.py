@@ -74,7 +74,8 @@ class CloudRunRunner:
 
     # ---- Runner ----------------------------------------------------------------------------------
 
-    def start(self, rev: Revision, features: list[str]) -> Started:
+    def start(self, rev: Revision, features: list[str], address: str | None = None) -> Started:
+        # `address` needs no care: every revision of a deployment is in its one service, at its one URL
         run = self.run_v2
         config = run_config(rev.config)
         service_id = f"{PREFIX}{rev.name}"

@@ -1,8 +1,14 @@
-"""Runner on this machine: one `python -m serving` process per revision on a free loopback port.
+"""Runner on this machine: one `python -m serving` process per revision on a loopback port.
 
+- A deployment keeps one port for its whole life (the control plane passes it as `address`): an update's
+  new revision listens on the same port beside the old one (SO_REUSEPORT; the kernel spreads new
+  connections over both, which serve the same deployment), and once the old one is stopped it closes its
+  socket, sends GOAWAY, and its clients reconnect to the new one. Each server also has an admin port of
+  its own: probes go there, as a probe to the shared port could reach the old server. The server opens the
+  shared port only once its model is warm. A canary (no `address`) gets a port of its own.
 - Started in its own session (`start_new_session=True`), so it outlives a control-plane crash and is
-  re-attached afterwards: a revision's runtime {pid, port, started} is checked against /proc (same pid,
-  same start time) and gRPC health before it is trusted.
+  re-attached afterwards: a revision's runtime {pid, port, admin_port, started} is checked against /proc
+  (same pid, same start time) and gRPC health before it is trusted.
 - Output goes to $MODELRUN_HOME/logs/<name>-r<revision>.log; when the process exits, its last line
   (the server's one-line error) becomes the reason.
 - Each server has a pidfile under $MODELRUN_HOME/run/; `sweep` stops any that no live revision owns,
@@ -42,22 +48,25 @@ class LocalRunner:
         self.settings = settings
         self._children: dict[int, subprocess.Popen] = {}  # servers this object started, for exit codes
 
-    def start(self, rev: Revision, features: list[str]) -> Started:
+    def start(self, rev: Revision, features: list[str], address: str | None = None) -> Started:
         bundle = Path(rev.artifact)
         manifest = read_manifest(bundle)
         model = bundle / manifest["model"]
-        port = _port(rev.endpoint)
+        port = self._public_port(rev.name, address)
+        admin_port = _free_port()
         for folder in (self.settings.logs_dir, self.settings.run_dir, self.settings.journal_dir):
             folder.mkdir(parents=True, exist_ok=True)
         log_path = self.settings.logs_dir / f"{rev.name}-r{rev.revision}.log"
         env = {**server_environment(self.settings, rev, features),
                "MODELRUN_JOURNAL_DIR": str(self.settings.journal_dir / f"{rev.name}-r{rev.revision}"),
                "MODELRUN_HOME": str(self.settings.home_dir),
-               "MODELRUN_TRAINING_DATA": str(bundle / manifest["training_data"])}
+               "MODELRUN_TRAINING_DATA": str(bundle / manifest["training_data"]),
+               "MODELRUN_SHARE_PORT": "true"}
         command = [sys.executable, "-m", "serving", "--model", str(model), "--name", rev.name,
-                   "--port", str(port), "--host", HOST]
+                   "--port", str(port), "--admin-port", str(admin_port), "--host", HOST]
         with log_path.open("ab") as out:
-            out.write(f"--- modelrun: starting revision {rev.revision} on {HOST}:{port}\n".encode())
+            out.write(f"--- modelrun: starting revision {rev.revision} on {HOST}:{port} (admin port {admin_port})\n"
+                      .encode())
             out.flush()
             try:
                 child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -66,7 +75,8 @@ class LocalRunner:
             except OSError as exc:
                 raise Unavailable(f"could not start the model server: {exc}") from None
         self._children[child.pid] = child
-        runtime = {"pid": child.pid, "port": port, "started": procs.start_time(child.pid), "log": str(log_path)}
+        runtime = {"pid": child.pid, "port": port, "admin_port": admin_port, "started": procs.start_time(child.pid),
+                   "log": str(log_path)}
         pidfile = self.settings.run_dir / f"{rev.name}-r{rev.revision}-{child.pid}.pid"
         pidfile.write_text(json.dumps({**runtime, "name": rev.name, "revision": rev.revision}))
         log.info("started %s revision %d: pid %d on %s:%d", rev.name, rev.revision, child.pid, HOST, port)
@@ -77,7 +87,7 @@ class LocalRunner:
         if exited is not None:
             return Probe("exited", exited)
         try:
-            with grpc.insecure_channel(f"{HOST}:{runtime['port']}") as channel:
+            with grpc.insecure_channel(_admin(runtime)) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
         except grpc.RpcError:
             return Probe("starting")
@@ -85,7 +95,7 @@ class LocalRunner:
 
     def model_inputs(self, runtime: dict, name: str) -> list[TensorSpec]:
         try:
-            with grpc.insecure_channel(f"{HOST}:{runtime['port']}") as channel:
+            with grpc.insecure_channel(_admin(runtime)) as channel:
                 reply = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
                     inference_pb2.ModelMetadataRequest(name=name), timeout=10.0)
         except grpc.RpcError as exc:
@@ -93,7 +103,7 @@ class LocalRunner:
         return [TensorSpec(i.name, i.datatype, list(i.shape)) for i in reply.inputs]
 
     def serve(self, runtime: dict, previous: dict | None = None, percent: int = 100) -> None:
-        pass  # clients follow the deployment's endpoint, which the control plane moves
+        pass  # it listens on the deployment's port already; the previous server leaves it when stopped
 
     def stop(self, runtime: dict) -> None:
         pid = runtime["pid"]
@@ -129,6 +139,28 @@ class LocalRunner:
         args = procs.cmdline(pid)
         return "serving" in args and str(runtime["port"]) in args
 
+    def _public_port(self, name: str, address: str | None) -> int:
+        """The port of `address`, the deployment's endpoint, or a free one without it (a new deployment's,
+        a canary's). Another program listening there is refused: sharing is only for this deployment's
+        own servers."""
+        if not address:
+            return _free_port()
+        try:
+            port = int(address.rpartition(":")[2])
+        except ValueError:
+            raise Unprocessable(f"{address!r} is no local endpoint (host:port)") from None
+        if _listened_on(port) and not self._serves(name, port):
+            raise Unavailable(f"{address}, the endpoint of deployment {name}, is taken by another program")
+        return port
+
+    def _serves(self, name: str, port: int) -> bool:
+        """Does a model server of deployment `name` that this runner started listen on `port`?"""
+        for pidfile in self.settings.run_dir.glob("*.pid"):
+            info = _read_json(pidfile)
+            if info.get("name") == name and info.get("port") == port and info.get("pid") and self._owned(info):
+                return True
+        return False
+
     def _exit_reason(self, runtime: dict) -> str | None:
         child = self._children.get(runtime["pid"])
         code = child.poll() if child is not None else None
@@ -141,19 +173,26 @@ class LocalRunner:
         return f"{reason} (log: {log_path})"
 
 
-def _port(endpoint: str | None) -> int:
-    """The previous port of this revision when it is free again (a restart keeps its endpoint), else a free one."""
-    if endpoint:
-        try:
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is fine
-                s.bind((HOST, int(endpoint.rpartition(":")[2])))
-                return s.getsockname()[1]
-        except (OSError, ValueError):
-            pass
+def _admin(runtime: dict) -> str:
+    """Where to reach this server alone (servers started before admin ports: their own port)."""
+    return f"{HOST}:{runtime.get('admin_port') or runtime['port']}"
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def _listened_on(port: int) -> bool:
+    """Does a socket listen on `port` (or hold it otherwise)? Connections in TIME_WAIT do not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return True
+    return False
 
 
 def _last_line(path: Path) -> str:
