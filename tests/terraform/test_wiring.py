@@ -36,6 +36,7 @@ SERVER_DEFAULTS = {
     "max_batch_size", "log_sample_rate",  # a deployment's config sets them; server_environment passes them on
     "training_data",  # the bundle's bundle.json names it (MODELRUN_MODEL_URI is the bundle folder)
     "journal_dir", "home",  # the container's own disk, under $HOME
+    "admin_port", "share_port",  # the local runner's port handover; Cloud Run routes revisions itself
 }
 SET_BY_CLOUD_RUN = {"MODELRUN_MODEL_URI": "the Cloud Run runner: the bundle folder", "PORT": "Cloud Run"}
 FUNCTIONS = {"api", "on_upload", "on_build", "drift", "reconcile"}
