@@ -8,9 +8,9 @@ used).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,20 @@ from tritonclient.grpc import model_config_pb2
 
 from tests.serving.conftest import NO_LOG, start_servers
 
-PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"
+
+
+def _bench_perf_client():
+    """bench/perf_client.py, which knows where perf_analyzer and its CUDA runtime library are (loaded by path:
+    bench/ also holds a serving.py, which must not shadow the `serving` package)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "perf_client.py"
+    spec = importlib.util.spec_from_file_location("bench_perf_client", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+perf_client = _bench_perf_client()
+PERF_ANALYZER, cuda_runtime_lib = perf_client.PERF_ANALYZER, perf_client.cuda_runtime_lib
 
 
 def save_fixed_batch(directory: Path) -> Path:
@@ -141,16 +154,6 @@ def test_statistics_without_a_name_cover_the_served_model(servers):
 
 
 # ---- perf_analyzer ---------------------------------------------------------------------------------
-
-def cuda_runtime_lib() -> Path | None:
-    """The folder of libcudart.so.12 inside the nvidia-cuda-runtime-cu12 wheel, if it is installed."""
-    try:
-        import nvidia.cuda_runtime
-    except ImportError:
-        return None
-    folder = Path(next(iter(nvidia.cuda_runtime.__path__))) / "lib"
-    return folder if (folder / "libcudart.so.12").exists() else None
-
 
 def test_perf_analyzer_benchmarks_a_modelrun_server(servers, tmp_path):
     lib = cuda_runtime_lib()
