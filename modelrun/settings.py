@@ -168,7 +168,9 @@ class Settings(BaseSettings):
     """Seconds a model server may take from start to SERVING before its revision is FAILED."""
 
     drain_grace: float = 5.0
-    """Seconds the previous revision keeps serving after an update switched the endpoint, then it is stopped."""
+    """Seconds the previous revision keeps serving after an update switched the endpoint, then it is stopped.
+    Locally, keep it above a shared port's connection age (2 s, serving/handover.py): that is how long its
+    clients take to move to the new revision."""
 
     stop_timeout: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a local model server is stopped."""

@@ -5,7 +5,9 @@ the model thread, start the prediction logger → warm-up inference → freeze t
 cannot be loaded ends the process with one clear log line and exit code 1, so a supervisor sees it.
 With an admin port (the local runner's), that port is bound first and the serving port only once the model
 is warm: the serving port may be shared (SO_REUSEPORT) with the previous revision's server, and must never
-take a connection this server cannot answer yet. Probes use the admin port, which reaches this server alone.
+take a connection this server cannot answer yet. Once it listens there, it takes every new connection and the
+old server's clients move over as their connections age (serving/handover.py). Probes use the admin port,
+which reaches this server alone.
 SIGTERM/SIGINT: health NOT_SERVING, then grpc's server.stop(grace): it closes the listening sockets first,
 then sends every connection GOAWAY (clients reconnect, to whoever still listens on the port) and lets
 in-flight RPCs finish (grace period); then flush the prediction log, exit 0.
@@ -30,6 +32,7 @@ from modelrun.errors import ModelrunError, Unprocessable
 from modelrun.proto import inference_pb2 as pb
 from modelrun.proto import inference_pb2_grpc as pb_grpc
 from modelrun.uris import resolve_local
+from serving import handover
 from serving.batching import Batcher
 from serving.dataplane import DataPlane
 from serving.grpc_service import InferenceServicer
@@ -86,6 +89,8 @@ async def serve(settings: ServingSettings) -> int:
             await admin.stop(0)
             return 1
         await public.start()
+        if settings.share_port:
+            handover.steer_new_connections_here(port)
     for service in ("", INFERENCE_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving model %r revision %d (%s) on %s:%d", settings.model_name, settings.revision,
@@ -216,6 +221,7 @@ def _build_server(settings: ServingSettings, dataplane: DataPlane, health_servic
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 1 if shared else 0),
+        *(handover.AGE_OPTIONS if shared else []),
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -199,8 +199,7 @@ def test_every_answered_request_is_logged_under_the_feature_names(model_files, t
     assert np.allclose(row["outputs"]["y"], y)
 
 
-def test_a_new_server_joins_a_shared_port_once_warm_and_the_stopped_one_hands_its_clients_over(model_files,
-                                                                                               tmp_path):
+def test_a_new_server_on_a_shared_port_takes_over_the_old_ones_clients_before_it_stops(model_files, tmp_path):
     # The local runner's update: revision 2 starts on revision 1's port (each answers health on an admin port
     # of its own), then revision 1 is stopped while a client holds one channel to the port.
     port = free_port()
@@ -240,8 +239,10 @@ def test_a_new_server_joins_a_shared_port_once_warm_and_the_stopped_one_hands_it
         # While revision 2 loads, new connections to the port all reach revision 1.
         assert [version_on_a_new_connection() for _ in range(8)] == ["1"] * 8 or new_admin.health() == SERVING
         new_admin.wait_serving()
-        wait_until(lambda: "2" in {version_on_a_new_connection() for _ in range(8)}, timeout=30,
-                   what="new connections to reach revision 2 too")
+        # Once revision 2 serves, it takes every new connection, and the held channel moves over to it as its
+        # connection ages: revision 1 has no client left when it is stopped.
+        assert [version_on_a_new_connection() for _ in range(8)] == ["2"] * 8
+        wait_until(lambda: versions[-1] == "2", timeout=30, what="the held channel to move to revision 2")
         assert old.stop() == 0
         seen = len(versions)
         wait_until(lambda: len(versions) > seen + 20, timeout=60, what="calls after revision 1 stopped")

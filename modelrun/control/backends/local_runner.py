@@ -1,9 +1,9 @@
 """Runner on this machine: one `python -m serving` process per revision on a loopback port.
 
 - A deployment keeps one port for its whole life (the control plane passes it as `address`): an update's
-  new revision listens on the same port beside the old one (SO_REUSEPORT; the kernel spreads new
-  connections over both, which serve the same deployment), and once the old one is stopped it closes its
-  socket, sends GOAWAY, and its clients reconnect to the new one. Each server also has an admin port of
+  new revision listens on the same port beside the old one (SO_REUSEPORT), takes every new connection
+  from then on, and the old one's clients move over as their connections age (serving/handover.py), all
+  within the drain period, before the old one is stopped. Each server also has an admin port of
   its own: probes go there, as a probe to the shared port could reach the old server. The server opens the
   shared port only once its model is warm. A canary (no `address`) gets a port of its own.
 - Started in its own session (`start_new_session=True`), so it outlives a control-plane crash and is
