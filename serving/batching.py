@@ -6,13 +6,18 @@ queued request whose tensors fit together (same input names, dtypes and trailing
 `max_batch_size` runs alone.
 
 Waiting is adaptive. A model call costs about the same for 1 row as for 32, so under concurrent load it
-pays to wait up to `max_wait_ms` for more requests before calling the model; a sequential caller, though,
-would only lose that time. So a call waits only when the previous call combined two or more requests
-(concurrent callers exist); after a call with one request the next one starts at once. Sequential
-callers never wait (apart from the very first call, which knows no history and may wait); under load
-calls fill up, and once load stops at most one call waits in vain. The wait is one sleep (no wake-up per
-arrival), after which the call takes everything queued; a call that already holds `max_batch_size` rows
-does not wait.
+pays to wait a little for more requests before calling the model; a sequential caller, though, would only
+lose that time. The estimate of how many callers there are is the largest call among the last 4 calls: a
+call starts as soon as it holds that many requests, or `max_batch_size` rows, or when `max_wait_ms` has
+passed since the model thread became free for it, whichever comes first. A call whose wait ran out holding
+fewer requests than expected means callers went away, so the estimate drops to what it got. Sequential
+callers never wait (every call held one request, so the estimate is 1); once load stops at most one call
+waits in vain.
+
+The model thread is woken at most once per call while it waits: the event loop counts arrivals (and rows) as
+it queues requests and sets one `threading.Event` only when the count the waiting call asked for is reached.
+Waking for every arrival instead would take the GIL from the event loop once per request, which costs more
+CPU than the batching saves.
 
 Hand-offs are cheap on purpose: the event loop puts a request on a queue (no task, no executor future),
 and the model thread answers a whole batch with one `call_soon_threadsafe`.
@@ -29,6 +34,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 Observer = Callable[[list, Tensors, Tensors, list[int]], None]  # (tags, inputs, outputs, rows per caller)
 _STOP = object()
+_NEVER = 1 << 62  # an arrival count the event loop never reaches: nobody waits
+RECENT_CALLS = 4  # how many calls the estimate of concurrent callers looks back on
 
 
 @dataclass
@@ -80,11 +88,18 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000.0
         self.enabled = enabled  # False: every request is its own call (a model without a free batch dim)
         self.stats = BatchStats()
-        # Requests in the previous model call: >= 2 means concurrent callers, so wait for them. The first call
-        # has no history and waits (only once: e.g. a single sequential caller pays max_wait on its first request).
-        self._last_size = 2
+        # Requests in each recent model call; the largest is how many callers a waiting call expects. One at
+        # first: a sequential caller never waits, and concurrent ones show up in the second call.
+        self._recent: deque[int] = deque([1], maxlen=RECENT_CALLS)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._held: list[_Item] = []  # taken from the queue but not fitting the last batch (model thread only)
+        # Arrivals and their rows so far, counted by the event loop as it queues; when either reaches what the
+        # waiting model thread asked for (`_wake_at`, `_wake_rows`), the loop sets `_ready`, once.
+        self._arrived = 0
+        self._arrived_rows = 0
+        self._wake_at = _NEVER
+        self._wake_rows = _NEVER
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run_forever, name="model", daemon=True)
         self._thread.start()
 
@@ -99,21 +114,30 @@ class Batcher:
         item = _Item(inputs, rows, key, loop.create_future(), loop, tag,
                      time.perf_counter() if started is None else started)
         self._queue.put(item)
+        # Count after the put, so that a woken model thread finds the item queued. See _wait_for on the race.
+        self._arrived = arrived = self._arrived + 1
+        self._arrived_rows = arrived_rows = self._arrived_rows + rows
+        if arrived == self._wake_at or arrived_rows - rows < self._wake_rows <= arrived_rows:
+            self._ready.set()
         return await item.future
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish the batch in progress, refuse what is still queued, stop the thread."""
         self._queue.put(_STOP)
+        self._ready.set()  # a waiting call stops waiting
         self._thread.join(timeout)
 
     # ---- the model thread ----
     def _run_forever(self) -> None:
         while True:
+            deadline = None
+            if not self._held and self._queue.empty():
+                deadline = self._idle()
             item = self._held.pop(0) if self._held else self._queue.get()
             if item is _STOP:
                 self._refuse_rest()
                 return
-            batch, stop = self._fill([item])
+            batch, stop = self._fill([item], deadline)
             try:
                 self._run(batch)
             except BaseException:  # never let the thread die; _run answered every caller it could
@@ -122,20 +146,35 @@ class Batcher:
                 self._refuse_rest()
                 return
 
-    def _fill(self, batch: list[_Item]) -> tuple[list[_Item], bool]:
-        """Add every queued request that fits the first one; if the previous call had company, wait up to
-        max_wait for more."""
+    def _idle(self) -> float | None:
+        """Nothing queued. When recent calls had company, wait (up to max_wait) for as many requests as they had,
+        in one sleep, rather than waking for the first arrival and again for the rest. Returns the deadline for
+        the call to come, or None when there was nothing to wait for (the next request starts at once)."""
+        expected = max(self._recent)
+        if expected < 2 or self.max_wait <= 0:
+            return None
+        deadline = time.monotonic() + self.max_wait
+        self._wait_for(expected, self.max_batch_size, deadline)
+        if self._queue.empty():  # nobody came within max_wait: the concurrent callers are gone
+            self._recent.clear()
+            self._recent.append(1)
+            return None
+        return deadline
+
+    def _fill(self, batch: list[_Item], deadline: float | None) -> tuple[list[_Item], bool]:
+        """Add every queued request that fits the first one; wait (until `deadline`, or max_wait from now) for
+        as many requests as recent calls held, unless the batch is full."""
         if self._queue.empty():
             # Let the event loop (waiting for the GIL) hand over requests it is already parsing, so that
             # under load they join this call. When nothing waits, this returns at once.
             time.sleep(0)
         rows, key = batch[0].rows, batch[0].key
-        wait = self.max_wait if self._last_size >= 2 else 0.0
-        deadline = time.monotonic() + wait if wait else 0.0
+        expected = max(self._recent) if self.max_wait > 0 else 1
         held = self._held
         self._held = []
         for item in held:  # earlier leftovers first, in order
             rows = self._place(item, batch, rows, key)
+        expired = False
         while True:
             while rows < self.max_batch_size:  # take what is queued
                 try:
@@ -145,14 +184,32 @@ class Batcher:
                 if item is _STOP:
                     return batch, True
                 rows = self._place(item, batch, rows, key)
-            left = deadline - time.monotonic() if deadline else 0.0
-            if rows >= self.max_batch_size or left <= 0:
+            if rows >= self.max_batch_size or len(batch) >= expected:
                 break
-            # One sleep, then take what came. Waking for every arrival instead (a blocking get) would take
-            # the GIL from the event loop once per request, which costs more CPU than the batching saves.
-            time.sleep(left)
-        self._last_size = len(batch)
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.max_wait
+            if deadline <= now:
+                expired = True
+                break
+            self._wait_for(expected - len(batch), self.max_batch_size - rows, deadline)
+        if expired:  # fewer callers than recently seen: expect only as many as came
+            self._recent.clear()
+        self._recent.append(len(batch))
         return batch, False
+
+    def _wait_for(self, requests: int, rows: int, deadline: float) -> None:
+        """Sleep until `requests` more requests or `rows` more rows have been queued, or until `deadline`.
+
+        The event loop writes `_arrived*` and then reads `_wake_*`; this thread writes `_wake_*` and then reads
+        `_arrived*`. Under the GIL one of the two sees the other's write, so an arrival that reaches the
+        count is never missed: either the loop sets the event, or the check below finds the count reached."""
+        self._ready.clear()
+        self._wake_at = self._arrived + requests
+        self._wake_rows = self._arrived_rows + rows
+        if self._arrived < self._wake_at and self._arrived_rows < self._wake_rows:
+            self._ready.wait(max(deadline - time.monotonic(), 0.0))
+        self._wake_at = self._wake_rows = _NEVER
 
     def _place(self, item: _Item, batch: list[_Item], rows: int, key) -> int:
         if item.key == key and rows + item.rows <= self.max_batch_size:

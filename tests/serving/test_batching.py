@@ -118,20 +118,105 @@ def test_one_bad_request_does_not_fail_its_batch():
         assert result["y"][0, 0] == i * 2 + i * 3
 
 
+async def staggered(batcher: Batcher, first: int, n: int, gap: float = 0.02) -> list[dict]:
+    """`n` requests arriving one by one, `gap` s apart (while the model is idle); their results in order."""
+    tasks = []
+    for i in range(first, first + n):
+        tasks.append(asyncio.ensure_future(batcher.predict(rows(i))))
+        await asyncio.sleep(gap)
+    return await asyncio.gather(*tasks)
+
+
+class CountingEvent(threading.Event):
+    """A threading.Event that counts how often it is set (how often the event loop wakes the model thread)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sets = 0
+
+    def set(self):
+        self.sets += 1
+        super().set()
+
+
 def test_max_wait_gathers_requests_that_arrive_within_it():
     model = RecordingModel()
 
     async def main():
         batcher = Batcher(model, max_batch_size=4, max_wait_ms=2000)
-        tasks = []
-        for i in range(4):  # arrive one by one while the model is idle
-            tasks.append(asyncio.ensure_future(batcher.predict(rows(i))))
-            await asyncio.sleep(0.01)
-        await asyncio.gather(*tasks)
+        # Four concurrent callers show up in a call, so the next call expects four.
+        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(i) for i in range(1, 5)]))
+        calls_before = len(model.calls)
+        await staggered(batcher, 10, 3, gap=0.01)  # three come: the call waits them out, then runs what it has
         batcher.close()
+        return calls_before
 
-    run(main())
-    assert model.calls == [4]  # the call waited until it was full
+    calls_before = run(main())
+    assert model.calls[:calls_before] == [1, 4] and model.calls[calls_before:] == [3]
+
+
+def test_a_call_starts_as_soon_as_it_holds_as_many_requests_as_recent_calls():
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, max_batch_size=1000, max_wait_ms=5000)
+        batcher._ready = CountingEvent()
+        # Eight concurrent callers queue behind a busy model: the next call holds 8, so later calls expect 8.
+        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(i) for i in range(1, 9)]))
+        calls_before, wakes_before = len(model.calls), batcher._ready.sets
+        began = time.monotonic()
+        results = await staggered(batcher, 20, 8)  # 8 arrive 20 ms apart, far within the 5 s max_wait
+        took = time.monotonic() - began
+        wakes = batcher._ready.sets - wakes_before
+        batcher.close()
+        return calls_before, results, took, wakes
+
+    calls_before, results, took, wakes = run(main())
+    assert model.calls[:calls_before] == [1, 8]
+    assert model.calls[calls_before:] == [8]  # one call, started when the eighth request came
+    assert took < 2.0, took  # ~0.16 s of arrivals; waiting for max_wait would take 5 s
+    assert wakes == 1  # the event loop woke the model thread once for the call, not once per arrival
+    for i, result in zip(range(20, 28), results):
+        np.testing.assert_array_equal(result["y"], rows(i)["x"] * 2 + rows(i)["x"].sum(axis=1, keepdims=True))
+
+
+def test_a_call_starts_when_it_holds_max_batch_size_rows():
+    model = RecordingModel()
+
+    async def main():
+        batcher = Batcher(model, max_batch_size=6, max_wait_ms=5000)
+        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(i) for i in range(1, 5)]))
+        calls_before = len(model.calls)
+        began = time.monotonic()
+        tasks = [asyncio.ensure_future(batcher.predict(rows(i, n=3))) for i in (10, 11)]  # 2 requests, 6 rows
+        await asyncio.gather(*tasks)
+        took = time.monotonic() - began
+        batcher.close()
+        return calls_before, took
+
+    calls_before, took = run(main())
+    assert model.calls[calls_before:] == [6] and took < 2.0, took  # full by rows though 4 requests were expected
+
+
+def test_answers_go_to_their_callers_under_concurrent_load():
+    model = RecordingModel()
+
+    async def caller(batcher, who: int, times: int):
+        for k in range(times):
+            value = who * 100 + k
+            result = await batcher.predict(rows(value, n=1 + who % 3), tag=who)
+            expected = rows(value, n=1 + who % 3)["x"]
+            np.testing.assert_array_equal(result["y"], expected * 2 + expected.sum(axis=1, keepdims=True))
+
+    async def main():
+        batcher = Batcher(model, max_batch_size=16, max_wait_ms=5)
+        await asyncio.gather(*(caller(batcher, who, 30) for who in range(12)))
+        batcher.close()
+        return batcher
+
+    batcher = run(main())
+    assert batcher.stats.requests == 12 * 30 and batcher.stats.largest >= 2
+    assert sum(model.calls) == batcher.stats.rows == 30 * sum(1 + who % 3 for who in range(12))
 
 
 def test_without_batching_every_request_is_its_own_call():
@@ -168,9 +253,8 @@ def test_sequential_callers_never_wait():
 
     async def main():
         batcher = Batcher(model, max_wait_ms=1000)
-        await batcher.predict(rows(0))  # the very first call knows no history and may wait
         took = []
-        for i in range(1, 6):
+        for i in range(6):
             began = time.monotonic()
             await batcher.predict(rows(i))
             took.append(time.monotonic() - began)
@@ -178,43 +262,37 @@ def test_sequential_callers_never_wait():
         return took
 
     took = run(main())
-    assert max(took) < 0.5, took  # far below max_wait: a call after a one-request call does not wait
+    assert max(took) < 0.5, took  # far below max_wait, the first call too: one caller is all a call expects
     assert model.calls == [1] * 6
 
 
 def test_concurrent_callers_are_gathered_and_sequential_ones_then_stop_waiting():
     model = RecordingModel()
 
-    async def staggered(batcher, first: int, n: int):
-        tasks = []
-        for i in range(first, first + n):  # arrive one by one while the model is idle
-            tasks.append(asyncio.ensure_future(batcher.predict(rows(i))))
-            await asyncio.sleep(0.02)
-        return await asyncio.gather(*tasks)
-
     async def main():
         batcher = Batcher(model, max_batch_size=4, max_wait_ms=1000)
-        # Concurrency shows: the first request holds the model while two more queue behind it.
-        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(1), rows(2)]))
+        # Concurrency shows: the first request holds the model while three more queue behind it.
+        await asyncio.gather(*await behind_a_busy_model(model, batcher, [rows(1), rows(2), rows(3)]))
         calls_before = len(model.calls)
-        # The previous call had company, so the next one waits and gathers requests arriving 20 ms apart.
-        results = await staggered(batcher, 10, 4)
-        assert model.calls[calls_before:] == [4]  # stopped waiting when full
-        for i, result in zip(range(10, 14), results):
+        # Recent calls had 3 requests, so the next one waits for 3 arriving 20 ms apart, then starts.
+        results = await staggered(batcher, 10, 3)
+        assert model.calls[calls_before:] == [3]
+        for i, result in zip(range(10, 13), results):
             np.testing.assert_array_equal(result["y"], rows(i)["x"] * 2 + rows(i)["x"].sum(axis=1, keepdims=True))
-        # Load stops: one lone request waits in vain (the last call had company), later ones do not wait.
+        # Load stops: one lone request waits in vain (recent calls had company), later ones do not wait.
         took = []
-        for i in range(20, 23):
+        for i in range(20, 24):
             began = time.monotonic()
             await batcher.predict(rows(i))
             took.append(time.monotonic() - began)
+            await asyncio.sleep(0.01)
         batcher.close()
         return calls_before, took
 
     calls_before, took = run(main())
-    assert model.calls[calls_before:] == [4, 1, 1, 1]
-    assert took[0] >= 0.9 and max(took[1:]) < 0.5, took
-    assert model.calls[:calls_before] in ([1, 2], [3])  # whether the first call caught the others is timing
+    assert model.calls[calls_before:] == [3, 1, 1, 1, 1]
+    assert took[0] >= 0.8 and max(took[1:]) < 0.5, took
+    assert model.calls[:calls_before] == [1, 3]
 
 
 class Observer:
