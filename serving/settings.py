@@ -74,12 +74,13 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(default=256, ge=1)
     """Most rows one model call may combine from concurrent requests (a larger single request still runs whole)."""
 
-    batch_max_wait_ms: float = Field(default=2.0, ge=0)
-    """How long a model call may wait for more requests to batch, used only under concurrency: a call waits
-    (this long, unless it already holds `max_batch_size` rows) only when the previous call combined two or
-    more requests. A sequential caller therefore never waits, while concurrent callers share model calls (a
-    call costs about the same for 1 row as for 32), which raises throughput and lowers CPU per request.
-    Requests that arrive while the model is busy are always batched into its next call. 0: never wait."""
+    batch_max_wait_ms: float = Field(default=8.0, ge=0)
+    """Longest a model call waits for more requests to batch, used only under concurrency. A call starts as soon
+    as it holds as many requests as the largest of the last 4 calls (about how many callers there are), or
+    `max_batch_size` rows; so this full wait is paid only when fewer callers than recently seen show up, which is
+    why it can be generous (a call costs about the same for 1 row as for 32: batching raises throughput and
+    lowers CPU per request). A sequential caller never waits. Requests that arrive while the model is busy are
+    always batched into its next call. 0: never wait."""
 
     log_predictions: bool = True
     """Write every prediction (or a sample) to the prediction log."""

@@ -28,7 +28,7 @@ def test_defaults(clean_env):
     settings = ServingSettings(model_uri="m.keras", model_name="m")
     assert (settings.port, settings.host, settings.revision) == (8080, "0.0.0.0", 1)
     assert settings.max_message_bytes == 64 * MIB
-    assert settings.batch_max_wait_ms == 2.0 and settings.max_batch_size >= 1
+    assert settings.batch_max_wait_ms == 8.0 and settings.max_batch_size >= 1
     assert settings.log_predictions is True and settings.log_sample_rate == 1.0
     assert settings.feature_names is None
     home = Path("~/.modelrun").expanduser()
