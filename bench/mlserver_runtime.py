@@ -6,8 +6,10 @@ Runs only in bench/.venv-mlserver (made by bench/mlserver_env.sh; MLServer needs
         --http-port M --model-config HEX
 
 MLServer has no TensorFlow runtime of its own, so `KerasRuntime` is one: load() loads the .keras file the
-way modelrun's server does (Keras, compile=False, one traced tf.function, TensorFlow on one intra-op and one
-inter-op thread), predict() decodes the FP32 input, calls the model and encodes the FP32 output.
+way modelrun's server loads it (Keras, compile=False, one traced tf.function, TensorFlow on one intra-op and
+one inter-op thread), predict() decodes the FP32 input, calls the model and encodes the FP32 output. It calls
+the traced function eagerly, as modelrun does for a model it cannot run in graph mode (modelrun runs a small
+model like this one through a tf.compat.v1.Session; this runtime is left as it was, a plain MLServer runtime).
 
 Settings chosen for a fair comparison on a 2-core machine shared with the load generator:
 - parallel_workers = 0: inference in the server's own process, as modelrun does (one process, its event loop

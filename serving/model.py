@@ -5,10 +5,19 @@ server can listen (and answer health checks) while TensorFlow is still importing
 
 `Model.predict` is meant to run on one dedicated thread: it calls one traced graph per model whose
 batch dimension is free, so batches of any size reuse it without retracing.
+
+Small models (weights up to `GRAPH_MAX_WEIGHT_BYTES`) run in graph mode instead: the traced function with its
+variables frozen into constants, imported into a `tf.Graph` and run by a `tf.compat.v1.Session` built once at
+load. A Session call takes numpy in and gives numpy out with far less Python per call than an eager function
+call (tensor conversions, argument binding), which for a small tabular model is most of the call. It is used
+only when the frozen graph holds nothing but the model's own inputs (no lookup table or other resource the
+freezing cannot carry) and answers like the eager function on example batches; otherwise the eager path
+stays. The server logs which path a model takes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from collections.abc import Callable
@@ -20,9 +29,14 @@ import numpy as np
 from modelrun.errors import InvalidInput, Unprocessable
 from serving.types import NUMPY_DTYPES, TensorSpec
 
+log = logging.getLogger(__name__)
+
 KERAS = "tensorflow_keras"
 SAVEDMODEL = "tensorflow_savedmodel"
 SIGNATURE = "serving_default"
+# Largest total size of weights run in graph mode: freezing copies every weight into the graph as a constant
+# (and a serialized graph must stay far below protobuf's 2 GB), so a large model keeps the eager path.
+GRAPH_MAX_WEIGHT_BYTES = 64 * 1024 * 1024
 
 # TensorFlow dtype name -> V2 datatype
 _V2_OF_TF = {
@@ -42,8 +56,16 @@ class Model:
     outputs: list[TensorSpec]
     _call: Callable[[dict], dict]
     _keepalive: object = None  # the loaded SavedModel object: its variables die with it
+    _function: object = None  # the traced concrete function behind `_call`
+    _graph: GraphSession | None = None  # set when the model runs in graph mode
+    inference_path: str = "eager"  # "graph" or "eager", for logs and tests
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._graph is not None:
+            return self._graph.run(inputs, self.predict_eager)
+        return self.predict_eager(inputs)
+
+    def predict_eager(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
         try:
@@ -73,19 +95,23 @@ def detect_kind(path: Path) -> str:
                         f"SavedModel folder (with saved_model.pb), found {found}")
 
 
-def load_model(path: Path, *, intra_op_threads: int = 1) -> Model:
+def load_model(path: Path, *, intra_op_threads: int = 1, graph_max_bytes: int = GRAPH_MAX_WEIGHT_BYTES) -> Model:
+    """Load the model; run it in graph mode when its weights take at most `graph_max_bytes` and the graph
+    answers like the eager function (see the module's docstring)."""
     kind = detect_kind(path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the server log
     import tensorflow as tf
 
     _configure_threads(tf, intra_op_threads)
     try:
-        return _load_keras(tf, path) if kind == KERAS else _load_savedmodel(tf, path)
+        model = _load_keras(tf, path) if kind == KERAS else _load_savedmodel(tf, path)
     except Unprocessable:
         raise
     except Exception as exc:  # a corrupt or incompatible file: say which and why
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Unprocessable(f"could not load {path} as {kind}: {reason}") from exc
+    _choose_path(tf, model, intra_op_threads, graph_max_bytes)
+    return model
 
 
 def _configure_threads(tf, intra_op_threads: int) -> None:
@@ -120,6 +146,7 @@ def _load_keras(tf, path: Path) -> Model:
         outputs=[_spec(name, spec) for name, spec in function.structured_outputs.items()],
         _call=function,
         _keepalive=model,
+        _function=function,
     ), function)
 
 
@@ -174,6 +201,7 @@ def _load_savedmodel(tf, path: Path) -> Model:
         outputs=[_spec(name, spec) for name, spec in function.structured_outputs.items()],
         _call=lambda inputs: function(**inputs),
         _keepalive=loaded,
+        _function=function,
     ), function)
 
 
@@ -205,6 +233,111 @@ def _checked_fast_path(tf, model: Model, function) -> Model:
     return model
 
 
+class GraphSession:
+    """The model's traced function with its variables frozen into constants, in its own tf.Graph, run by a
+    tf.compat.v1.Session: numpy in, numpy out."""
+
+    def __init__(self, tf, function, inputs: list[TensorSpec], intra_op_threads: int):
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        # Freezing turns variables into constants; any other captured resource (a lookup table's handle, say)
+        # would stay an input the Session cannot fill. Refuse before freezing, which would only warn.
+        resources = sum(1 for tensor in function.captured_inputs if tensor.dtype == tf.resource)
+        if resources > len(function.variables):
+            raise ValueError(f"the model holds {resources - len(function.variables)} resource(s) besides its "
+                             "variables (a lookup table?)")
+        frozen = convert_variables_to_constants_v2(function)
+        # The frozen function's inputs and outputs are its arguments and results flattened the tf.nest way
+        # (a dict in sorted-key order); the comparison with the eager function at load catches any mix-up.
+        input_names = tf.nest.flatten({spec.name: spec.name for spec in inputs})
+        output_names = tf.nest.flatten({name: name for name in function.structured_outputs})
+        if len(frozen.inputs) != len(input_names) or len(frozen.outputs) != len(output_names):
+            raise ValueError(f"the frozen graph takes {len(frozen.inputs)} inputs and gives {len(frozen.outputs)} "
+                             f"outputs; the model has {len(input_names)} and {len(output_names)} (a resource such "
+                             "as a lookup table that freezing cannot carry?)")
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+        resources = [op.name for op in self.graph.get_operations()
+                     if any(t.dtype in (tf.resource, tf.variant) for t in op.outputs)]
+        if resources:
+            raise ValueError(f"the frozen graph still holds resources ({', '.join(resources[:3])})")
+        self.placeholders = {name: self.graph.get_tensor_by_name(t.name) for name, t in zip(input_names, frozen.inputs)}
+        # Inputs whose numpy dtype the Session would silently cast to the placeholder's: such a call goes to
+        # the eager path, which refuses it as it always did. Strings are fed as object arrays and not checked.
+        self.dtypes = {name: tensor.dtype.as_numpy_dtype for name, tensor in self.placeholders.items()
+                       if tensor.dtype != tf.string}
+        self.fetches = [self.graph.get_tensor_by_name(t.name) for t in frozen.outputs]
+        self.output_names = output_names
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                          inter_op_parallelism_threads=1)
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        self.errors = (tf.errors.InvalidArgumentError,)
+
+    def run(self, inputs: dict[str, np.ndarray], eager: Callable[[dict], dict]) -> dict[str, np.ndarray]:
+        feed = {}
+        for name, array in inputs.items():
+            dtype = self.dtypes.get(name)
+            if dtype is not None and array.dtype != dtype:
+                return eager(inputs)
+            feed[self.placeholders[name]] = array
+        try:
+            values = self.session.run(self.fetches, feed)
+        except self.errors as exc:  # the graph itself refused the values
+            raise InvalidInput(f"the model rejected the input: {exc.message.splitlines()[0]}") from None
+        except ValueError:  # the Session refuses a shape before running: let the eager path say it as always
+            return eager(inputs)
+        return dict(zip(self.output_names, values))
+
+
+def _weight_bytes(function) -> int:
+    return sum(v.shape.num_elements() * v.dtype.size for v in function.variables)
+
+
+def _choose_path(tf, model: Model, intra_op_threads: int, max_bytes: int) -> None:
+    """Run `model` in graph mode when it is small enough and the graph answers like the eager function on the
+    warm-up batch (zeros, one row) and on random rows; otherwise keep the eager path. Logs which one."""
+    size = _weight_bytes(model._function)
+    if size > max_bytes:
+        log.info("%s: eager inference (weights %s > graph-mode limit %s)", model.path.name, _mb(size), _mb(max_bytes))
+        return
+    try:
+        graph = GraphSession(tf, model._function, model.inputs, intra_op_threads)
+        for example in ({spec.name: _example(spec) for spec in model.inputs},
+                        {spec.name: _example(spec, random=True, rows=3) for spec in model.inputs}):
+            if not _same(model.predict_eager(example), graph.run(example, _no_fallback)):
+                raise ValueError("its outputs differ from the eager function's")
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.info("%s: eager inference (graph mode unavailable: %s)", model.path.name, reason[:200])
+        return
+    model._graph, model.inference_path = graph, "graph"
+    log.info("%s: graph-mode inference (tf.compat.v1.Session; weights %s)", model.path.name, _mb(size))
+
+
+def _no_fallback(inputs):
+    raise ValueError("the Session refused the example")
+
+
+def _same(want: dict, got: dict) -> bool:
+    if want.keys() != got.keys():
+        return False
+    for name, expected in want.items():
+        actual = np.asarray(got[name])
+        if actual.dtype != expected.dtype or actual.shape != expected.shape:
+            return False
+        if expected.dtype.kind in "fc":
+            if not np.allclose(actual, expected, rtol=1e-6, atol=1e-7, equal_nan=True):
+                return False
+        elif not np.array_equal(actual, expected):
+            return False
+    return True
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024:.1f} KB" if size < 1024 * 1024 else f"{size / (1024 * 1024):.1f} MB"
+
+
 def _spec(name: str, tf_spec) -> TensorSpec:
     datatype = _V2_OF_TF.get(tf_spec.dtype.name)
     if datatype is None:
@@ -215,9 +348,9 @@ def _spec(name: str, tf_spec) -> TensorSpec:
     return TensorSpec(name, datatype, tuple(-1 if d is None else int(d) for d in tf_spec.shape.as_list()))
 
 
-def _example(spec: TensorSpec, random: bool = False) -> np.ndarray:
-    """One row of zeros / empty strings for `spec` (or random values, to tell inputs apart)."""
-    shape = tuple(1 if d == -1 else d for d in spec.shape)
+def _example(spec: TensorSpec, random: bool = False, rows: int = 1) -> np.ndarray:
+    """`rows` rows of zeros / empty strings for `spec` (or random values, to tell inputs apart)."""
+    shape = tuple(rows if d == -1 else d for d in spec.shape)
     rng = np.random.default_rng(zlib.crc32(spec.name.encode()))  # different values for each input
     if spec.datatype == "BYTES":
         values = [str(v).encode() for v in rng.integers(0, 1000, shape).ravel()] if random else [b""] * int(np.prod(shape))
