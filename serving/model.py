@@ -301,6 +301,7 @@ def _choose_path(tf, model: Model, intra_op_threads: int, max_bytes: int) -> Non
     if size > max_bytes:
         log.info("%s: eager inference (weights %s > graph-mode limit %s)", model.path.name, _mb(size), _mb(max_bytes))
         return
+    graph = None
     try:
         graph = GraphSession(tf, model._function, model.inputs, intra_op_threads)
         for example in ({spec.name: _example(spec) for spec in model.inputs},
@@ -308,6 +309,8 @@ def _choose_path(tf, model: Model, intra_op_threads: int, max_bytes: int) -> Non
             if not _same(model.predict_eager(example), graph.run(example, _no_fallback)):
                 raise ValueError("its outputs differ from the eager function's")
     except Exception as exc:
+        if graph is not None:
+            graph.session.close()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.info("%s: eager inference (graph mode unavailable: %s)", model.path.name, reason[:200])
         return
