@@ -14,6 +14,7 @@ import signal
 import shutil
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -151,19 +152,8 @@ def test_update_switches_versions_without_failing_a_prediction(stack, models):
     x = np.random.default_rng(4).normal(size=(3, 8)).astype(np.float32)
     rows = rows_of(x, models["features"])
     v1, v2 = expected_dense8(models["v1"], x), expected_dense8(models["v2"], x)
-    client = stack.client()
-    answers, failures, stop = [], [], threading.Event()
-
-    def traffic():
-        while not stop.is_set():
-            try:
-                answers.append(single_output(client.predict("rollout", rows)))
-            except Exception as exc:  # noqa: BLE001 — every failure is what this test counts
-                failures.append(described(exc))
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
+    with stack.client() as client, calls_in_a_loop(lambda: single_output(client.predict("rollout", rows))) as (
+            answers, failures):
         wait_until(lambda: len(answers) >= 3, timeout=60, what="predictions before the update")
         updated = stack.cli_json("update", "rollout", "--model", str(models["v2"]), "--wait")
         assert updated["status"] == "READY", updated
@@ -171,10 +161,6 @@ def test_update_switches_versions_without_failing_a_prediction(stack, models):
                    what="traffic to reach the new version")
         seen = len(answers)
         wait_until(lambda: len(answers) >= seen + 5, timeout=60, what="predictions after the switch")
-    finally:
-        stop.set()
-        thread.join(60)
-        client.close()
     assert failures == []
     assert np.allclose(answers[0], v1, rtol=1e-4, atol=1e-5)
     assert np.allclose(answers[-1], v2, rtol=1e-4, atol=1e-5)
@@ -189,6 +175,28 @@ def test_update_switches_versions_without_failing_a_prediction(stack, models):
     with stack.client() as client:
         np.testing.assert_allclose(single_output(client.predict("rollout", rows)), v2, rtol=1e-4, atol=1e-5)
     stack.cli("delete", "rollout", "--wait")
+
+
+@contextmanager
+def calls_in_a_loop(call):
+    """Run `call` over and over on a thread while the block runs, as a client with steady traffic would; yields
+    the lists of its answers and of its failures (described), which grow meanwhile."""
+    answers, failures, stop = [], [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                answers.append(call())
+            except Exception as exc:  # noqa: BLE001 — every failure is what the tests count
+                failures.append(described(exc))
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield answers, failures
+    finally:
+        stop.set()
+        thread.join(60)
 
 
 def described(exc: Exception) -> str:
@@ -228,28 +236,18 @@ def test_a_tritonclient_holding_the_endpoint_predicts_through_an_update_and_a_cr
     tensor = triton.InferInput(metadata["inputs"][0]["name"], list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     output = metadata["outputs"][0]["name"]
-    answers, failures, stop = [], [], threading.Event()
 
-    def traffic():
-        while not stop.is_set():
-            try:
-                result = client.infer("steady", [tensor])
-                answers.append((result.get_response().model_version, result.as_numpy(output).ravel()))
-            except Exception as exc:  # noqa: BLE001 — every failure is what this test counts
-                failures.append(described(exc))
+    def infer():
+        result = client.infer("steady", [tensor])
+        return result.get_response().model_version, result.as_numpy(output).ravel()
 
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
+    with calls_in_a_loop(infer) as (answers, failures):
         wait_until(lambda: len(answers) >= 3, timeout=60, what="predictions before the update")
         updated = stack.cli_json("update", "steady", "--model", str(models["v2"]), "--wait")
         assert (updated["status"], updated["serving_revision"], updated["endpoint"]) == ("READY", 2, endpoint)
         wait_until(lambda: len(servers_of(stack, "steady")) == 1, timeout=60, what="revision 1's server to stop")
         seen = len(answers)
         wait_until(lambda: len(answers) >= seen + 5, timeout=60, what="predictions after revision 1 stopped")
-    finally:
-        stop.set()
-        thread.join(60)
     assert failures == []
     assert answers[0][0] == "1" and np.allclose(answers[0][1], v1, rtol=1e-4, atol=1e-5)
     assert answers[-1][0] == "2" and np.allclose(answers[-1][1], v2, rtol=1e-4, atol=1e-5)
