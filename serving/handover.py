@@ -25,6 +25,7 @@ import os
 import socket
 import stat
 import struct
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _listeners(port: int) -> int:
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = open(table).read().splitlines()[1:]
+            lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
