@@ -49,7 +49,7 @@ _NEVER = 1 << 62  # an arrival count the event loop never reaches: nobody waits
 RECENT_CALLS = 4  # how many calls the estimate of concurrent callers looks back on
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     inputs: Tensors
     rows: int
@@ -108,9 +108,15 @@ class Batcher:
         `tag` is handed to the observer with this request's rows; `started` (time.perf_counter() at the
         request's arrival, now when None) is where its queue and total times count from."""
         loop = asyncio.get_running_loop()
-        first = next(iter(inputs.values()), None)
+        if len(inputs) == 1:  # the common case, without a generator
+            ((name, first),) = inputs.items()
+            key = (name, first.dtype, first.shape[1:])
+        else:
+            first = next(iter(inputs.values()), None)
+            key = tuple((name, a.dtype, a.shape[1:]) for name, a in inputs.items())
         rows = first.shape[0] if first is not None and first.ndim else 1
-        key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()) if self.enabled else object()
+        if not self.enabled:
+            key = object()  # fits with nothing: every request is its own call
         item = _Item(inputs, rows, key, loop.create_future(), loop, tag,
                      time.perf_counter() if started is None else started)
         self._queue.put(item)
@@ -223,9 +229,6 @@ class Batcher:
         if not batch:
             return
         self._count(batch)
-        began = time.perf_counter()
-        for item in batch:
-            self.stats.queue_seconds += began - item.started
         if len(batch) == 1:
             self._run_alone(batch[0])
             return
@@ -240,9 +243,13 @@ class Batcher:
                 self._run_alone(item)
             return
         results, start = [], 0
-        for item in batch:
-            results.append({name: array[start:start + item.rows] for name, array in outputs.items()})
-            start += item.rows
+        if len(outputs) == 1 and total == len(batch):  # one output, one row per request: the common case
+            ((name, array),) = outputs.items()
+            results = [{name: array[i:i + 1]} for i in range(total)]
+        else:
+            for item in batch:
+                results.append({name: array[start:start + item.rows] for name, array in outputs.items()})
+                start += item.rows
         batch[0].loop.call_soon_threadsafe(_deliver, batch, results, None)
         self._finished(batch, None, ended)
         self._notify(batch, joined, outputs)
@@ -275,7 +282,7 @@ class Batcher:
 
     def _finished(self, batch: list[_Item], error, ended: float) -> None:
         stats = self.stats
-        took = sum(ended - item.started for item in batch)
+        took = ended * len(batch) - sum(item.started for item in batch)
         if error is None:
             stats.succeeded += len(batch)
             stats.succeeded_seconds += took
@@ -299,13 +306,18 @@ class Batcher:
         for item in pending:
             item.loop.call_soon_threadsafe(_deliver, [item], [None], RuntimeError("the server is shutting down"))
 
-    def _count(self, batch: list[_Item]) -> None:
+    def _count(self, batch: list[_Item]) -> float:
+        """Count a call about to start; returns its start time (time.perf_counter())."""
         stats = self.stats
+        began = time.perf_counter()
+        size = len(batch)
         stats.calls += 1
-        stats.requests += len(batch)
+        stats.requests += size
         stats.rows += sum(item.rows for item in batch)
-        stats.largest = max(stats.largest, len(batch))
-        stats.sizes[len(batch)] = stats.sizes.get(len(batch), 0) + 1
+        stats.queue_seconds += began * size - sum(item.started for item in batch)
+        stats.largest = max(stats.largest, size)
+        stats.sizes[size] = stats.sizes.get(size, 0) + 1
+        return began
 
 
 def _deliver(batch: list[_Item], results: list, error: BaseException | None) -> None:

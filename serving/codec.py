@@ -7,7 +7,9 @@ Raw tensors are little-endian; raw BYTES are a 4-byte little-endian length befor
 
 from __future__ import annotations
 
+import math
 import struct
+import sys
 
 import numpy as np
 
@@ -25,6 +27,8 @@ CONTENTS_FIELD = {
 }
 _NARROW_INTS = {"INT8", "INT16", "UINT8", "UINT16"}  # carried in 32-bit fields: range-checked
 _LENGTH = struct.Struct("<I")
+# numpy byte orders that are little-endian: "|" (one byte or not applicable), "<", and "=" on a little-endian host
+_LITTLE_ENDIAN = frozenset("|<=" if sys.byteorder == "little" else "|<")
 
 
 def _check_datatype(name: str, datatype: str) -> np.dtype:
@@ -34,13 +38,10 @@ def _check_datatype(name: str, datatype: str) -> np.dtype:
     return dtype
 
 
-def _element_count(name: str, shape) -> int:
-    count = 1
-    for dim in shape:
-        if dim < 0:
-            raise InvalidInput(f"input '{name}': shape {format_shape(shape)} has a negative dimension")
-        count *= dim
-    return count
+def _element_count(name: str, shape: tuple) -> int:
+    if shape and min(shape) < 0:
+        raise InvalidInput(f"input '{name}': shape {format_shape(shape)} has a negative dimension")
+    return math.prod(shape)
 
 
 def decode_raw(name: str, datatype: str, shape, raw: bytes) -> np.ndarray:
@@ -111,22 +112,24 @@ def decode_typed(name: str, datatype: str, shape, contents: pb.InferTensorConten
 def decode_request(request: pb.ModelInferRequest) -> InferRequest:
     """A ModelInfer request -> InferRequest with numpy inputs (in the request's order)."""
     raw_contents = request.raw_input_contents
+    tensors = request.inputs
     inputs: dict[str, np.ndarray] = {}
     if raw_contents:
-        if len(raw_contents) != len(request.inputs):
+        if len(raw_contents) != len(tensors):
             raise InvalidInput(f"raw_input_contents has {len(raw_contents)} entries but the request has "
-                               f"{len(request.inputs)} inputs; send one raw entry per input, in order")
-        for tensor, raw in zip(request.inputs, raw_contents):
+                               f"{len(tensors)} inputs; send one raw entry per input, in order")
+        for tensor, raw in zip(tensors, raw_contents):
+            name = tensor.name
             if tensor.HasField("contents"):
-                raise InvalidInput(f"input '{tensor.name}' has typed contents in a request that uses "
+                raise InvalidInput(f"input '{name}' has typed contents in a request that uses "
                                    "raw_input_contents; use raw for all inputs or typed for all, not both")
-            _put(inputs, tensor.name, decode_raw(tensor.name, tensor.datatype, tensor.shape, raw))
+            _put(inputs, name, decode_raw(name, tensor.datatype, tensor.shape, raw))
     else:
-        for tensor in request.inputs:
+        for tensor in tensors:
             _put(inputs, tensor.name, decode_typed(tensor.name, tensor.datatype, tensor.shape, tensor.contents))
-    outputs = [output.name for output in request.outputs] or None
-    return InferRequest(model_name=request.model_name, model_version=request.model_version, id=request.id,
-                        inputs=inputs, outputs=outputs, raw=bool(raw_contents))
+    outputs = request.outputs
+    return InferRequest(request.model_name, request.model_version, request.id, inputs,
+                        [output.name for output in outputs] if outputs else None, bool(raw_contents))
 
 
 def _put(inputs: dict, name: str, array: np.ndarray) -> None:
@@ -136,9 +139,12 @@ def _put(inputs: dict, name: str, array: np.ndarray) -> None:
 
 
 def encode_raw(array: np.ndarray) -> bytes:
-    if array.dtype == object or array.dtype.kind in "SU":
+    dtype = array.dtype
+    if dtype.kind in "OSU":
         return b"".join(_LENGTH.pack(len(item)) + item for item in map(_as_bytes, array.ravel()))
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    if dtype.byteorder in _LITTLE_ENDIAN:  # tobytes() writes C order whatever the strides
+        return array.tobytes()
+    return array.astype(dtype.newbyteorder("<")).tobytes()
 
 
 def _as_bytes(item) -> bytes:
@@ -149,11 +155,11 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     """InferResponse -> ModelInferResponse. Raw when the request was raw, or when an output (FP16) has no
     typed field (raw_output_contents must then cover every output)."""
     message = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
-                                    id=response.id)
-    datatypes = {name: datatype_of(array) for name, array in response.outputs.items()}
-    raw = response.raw or any(datatype not in CONTENTS_FIELD for datatype in datatypes.values())
-    for name, array in response.outputs.items():
-        datatype = datatypes[name]
+                                     id=response.id)
+    outputs = response.outputs
+    datatypes = [datatype_of(array) for array in outputs.values()]
+    raw = response.raw or not all(datatype in CONTENTS_FIELD for datatype in datatypes)
+    for (name, array), datatype in zip(outputs.items(), datatypes):
         tensor = message.outputs.add(name=name, datatype=datatype, shape=array.shape)
         if raw:
             message.raw_output_contents.append(encode_raw(array))

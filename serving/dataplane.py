@@ -7,6 +7,7 @@ reaches the model; each check names the input and what was expected vs received.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 
@@ -16,8 +17,8 @@ import modelrun
 from modelrun.errors import InvalidInput, NotFound, Unavailable
 from serving.batching import Batcher
 from serving.model import Model
-from serving.types import (Duration, InferRequest, InferResponse, ModelConfig, ModelMetadata, ModelStatistics,
-                           ServerMetadata, TensorSpec, datatype_of, format_shape)
+from serving.types import (NUMPY_DTYPES, Duration, InferRequest, InferResponse, ModelConfig, ModelMetadata,
+                           ModelStatistics, ServerMetadata, TensorSpec, datatype_of, format_shape)
 
 SERVER_NAME = "modelrun"
 # Triton protocol extensions served (ServerMetadata lists them; perf_analyzer reads server statistics only when
@@ -41,6 +42,10 @@ class DataPlane:
         self.batcher: Batcher | None = None
         self._inputs: dict[str, TensorSpec] = {}
         self._outputs: dict[str, TensorSpec] = {}
+        self._dtypes: dict[str, np.dtype] = {}  # each input's numpy dtype, for the quick check
+        # Each input's shape after the first dimension when every dimension but the first is fixed (the
+        # common case: one tuple comparison checks the shape), else None (TensorSpec.matches).
+        self._trailing: dict[str, tuple | None] = {}
         self._columns: list[str] | None = None  # log column names for a single 2-D input
         # For ModelStatistics (the batcher counts the rest), touched only on the event loop: no lock needed.
         self._rejected = 0  # requests that failed the checks and never reached the model
@@ -54,6 +59,9 @@ class DataPlane:
     def set_model(self, model: Model, batcher: Batcher) -> None:
         """Make the loaded, warmed-up model live. Raises ValueError when feature_names do not fit it."""
         self._inputs = {spec.name: spec for spec in model.inputs}
+        self._dtypes = {spec.name: NUMPY_DTYPES[spec.datatype] for spec in model.inputs}
+        self._trailing = {spec.name: spec.shape[1:] if spec.shape and -1 not in spec.shape[1:] else None
+                          for spec in model.inputs}
         self._outputs = {spec.name: spec for spec in model.outputs}
         self._columns = self._log_columns(model)
         self.model, self.batcher = model, batcher
@@ -139,7 +147,9 @@ class DataPlane:
         except InvalidInput:
             self._rejected += 1
             raise
-        inputs = {name: request.inputs[name] for name in self._inputs}  # the model's order
+        inputs = request.inputs
+        if len(inputs) > 1:
+            inputs = {name: inputs[name] for name in self._inputs}  # the model's order
         tag = (request.id, arrived, started) if self.logger is not None else None
         result = await self.batcher.predict(inputs, tag, started)
         if outputs is not None:
@@ -159,31 +169,35 @@ class DataPlane:
 
     def _check_inputs(self, inputs: dict[str, np.ndarray]) -> int:
         """Validate against the signature; return the number of rows."""
-        for name in inputs:
-            if name not in self._inputs:
-                raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {_listing(self._inputs)}")
-        for name in self._inputs:
-            if name not in inputs:
-                raise InvalidInput(f"missing input '{name}'; the model's inputs are: {_listing(self._inputs)}")
+        if inputs.keys() != self._inputs.keys():
+            for name in inputs:
+                if name not in self._inputs:
+                    raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {_listing(self._inputs)}")
+            for name in self._inputs:
+                if name not in inputs:
+                    raise InvalidInput(f"missing input '{name}'; the model's inputs are: {_listing(self._inputs)}")
         rows = None
         for name, spec in self._inputs.items():
             array = inputs[name]
-            got = datatype_of(array)
-            if got != spec.datatype:
-                raise InvalidInput(f"input '{name}': expected {spec.datatype}, got {got}")
-            if not spec.matches(array.shape):
+            if array.dtype != self._dtypes[name]:  # the common case costs one comparison; strings count as BYTES
+                got = datatype_of(array)
+                if got != spec.datatype:
+                    raise InvalidInput(f"input '{name}': expected {spec.datatype}, got {got}")
+            shape = array.shape
+            trailing = self._trailing[name]
+            if not (spec.matches(shape) if trailing is None else
+                    len(shape) == len(spec.shape) and shape[1:] == trailing):
                 raise InvalidInput(f"input '{name}': expected shape {format_shape(spec.shape)}, "
-                                   f"got {format_shape(array.shape)}")
-            if array.ndim == 0:
+                                   f"got {format_shape(shape)}")
+            if not shape:
                 continue
-            if array.shape[0] == 0:
-                raise InvalidInput(f"input '{name}' has no rows (shape {format_shape(array.shape)}); "
-                                   "send at least one")
+            if shape[0] == 0:
+                raise InvalidInput(f"input '{name}' has no rows (shape {format_shape(shape)}); send at least one")
             if rows is None:
-                rows, first = array.shape[0], name
-            elif array.shape[0] != rows:
+                rows, first = shape[0], name
+            elif shape[0] != rows:
                 raise InvalidInput(f"inputs disagree on the number of rows: '{first}' has {rows}, "
-                                   f"'{name}' has {array.shape[0]}")
+                                   f"'{name}' has {shape[0]}")
             if spec.datatype in _FLOATS:
                 _check_finite(name, array)
         return rows or 1
@@ -211,8 +225,10 @@ def _ns(seconds: float) -> int:
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:
+    if math.isfinite(array.sum()):  # a NaN or an infinity makes the sum one too: one cheap reduction
+        return
     finite = np.isfinite(array)
-    if finite.all():
+    if finite.all():  # finite values whose sum overflows
         return
     index = np.argwhere(~finite)[0]
     value = array[tuple(index)]

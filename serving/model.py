@@ -269,25 +269,43 @@ class GraphSession:
                        if tensor.dtype != tf.string}
         self.fetches = [self.graph.get_tensor_by_name(t.name) for t in frozen.outputs]
         self.output_names = output_names
+        # Each placeholder's static shape (None: unknown rank); a feed that does not fit goes to the eager path,
+        # as the Session's own check before running would have sent it.
+        self.shapes = {name: tuple(tensor.shape.as_list()) if tensor.shape.rank is not None else None
+                       for name, tensor in self.placeholders.items()}
+        # Ops run on the calling thread (a negative inter-op count): a call needs no hand-off to TensorFlow's
+        # inter-op pool, which with one thread ran the ops one after another all the same.
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
-                                          inter_op_parallelism_threads=1)
+                                          inter_op_parallelism_threads=-1)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        # A callable with the feeds in a fixed order skips Session.run's per-call Python (feed dict and fetch
+        # handling): the checks above are done here instead.
+        self.feed_order = list(self.placeholders)
+        self.call = self.session.make_callable(self.fetches, [self.placeholders[name] for name in self.feed_order])
         self.errors = (tf.errors.InvalidArgumentError,)
 
     def run(self, inputs: dict[str, np.ndarray], eager: Callable[[dict], dict]) -> dict[str, np.ndarray]:
-        feed = {}
-        for name, array in inputs.items():
-            dtype = self.dtypes.get(name)
-            if dtype is not None and array.dtype != dtype:
+        if inputs.keys() != self.placeholders.keys():
+            return eager(inputs)
+        feeds = []
+        for name in self.feed_order:
+            array = inputs[name]
+            dtype, shape = self.dtypes.get(name), self.shapes[name]
+            if dtype is not None and array.dtype != dtype or not _fits(array.shape, shape):
                 return eager(inputs)
-            feed[self.placeholders[name]] = array
+            feeds.append(array)
         try:
-            values = self.session.run(self.fetches, feed)
+            values = self.call(*feeds)
         except self.errors as exc:  # the graph itself refused the values
             raise InvalidInput(f"the model rejected the input: {exc.message.splitlines()[0]}") from None
-        except ValueError:  # the Session refuses a shape before running: let the eager path say it as always
-            return eager(inputs)
         return dict(zip(self.output_names, values))
+
+
+def _fits(shape: tuple, static: tuple | None) -> bool:
+    """Does an array of `shape` fit a placeholder of `static` shape (None for a free dimension or rank)?"""
+    if static is None:
+        return True
+    return len(shape) == len(static) and all(want is None or want == got for want, got in zip(static, shape))
 
 
 def _weight_bytes(function) -> int:

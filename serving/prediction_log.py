@@ -31,7 +31,8 @@ import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
 from modelrun.db.cloudsql import CloudSql
-from modelrun.db.predictions import encode_rows, insert_ignoring_duplicates, predictions, rows_of
+from modelrun.db.predictions import (encode_columns, encode_each_row, encode_rows, insert_ignoring_duplicates,
+                                     make_row, predictions, rows_of)
 from modelrun.errors import ModelrunError
 from serving.prediction_journal import Journal, read_rows
 from serving.remote_journal import RemoteJournal
@@ -94,6 +95,8 @@ class PredictionBatch:
                 return []
             return encode_rows(self.deployment, self.revision, f"{prefix}0000", client_id, arrived,
                                self.features, self.outputs, latency)
+        if self.kept is None and all(count == 1 for *_, count in self.requests):
+            return self._one_row_each(prefix)
         rows, start = [], 0
         features, outputs = self.features.items(), self.outputs.items()
         for index, (client_id, arrived, latency, count) in enumerate(self.requests):
@@ -106,6 +109,20 @@ class PredictionBatch:
                                     {name: array[start:end] for name, array in outputs}, latency))
             start = end
         return rows
+
+    def _one_row_each(self, prefix: str) -> list[dict]:
+        """Rows of requests of one row each (the usual traffic), their texts encoded for the whole call at once."""
+        n = len(self.requests)
+        features = encode_each_row(self.features) or _each_slice(self.features, n)
+        outputs = encode_each_row(self.outputs) or _each_slice(self.outputs, n)
+        return [make_row(self.deployment, self.revision, f"{prefix}{index:04x}", client_id, arrived, 1, features_text,
+                    outputs_text, latency, 0)
+                for index, ((client_id, arrived, latency, _), features_text, outputs_text)
+                in enumerate(zip(self.requests, features, outputs))]
+
+
+def _each_slice(columns: dict[str, np.ndarray], n: int) -> list[str]:
+    return [encode_columns({name: array[i:i + 1] for name, array in columns.items()}) for i in range(n)]
 
 
 def _sample(entry: PredictionRecord | PredictionBatch, rate: float) -> bool:

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from modelrun.db import create_schema, make_engine
-from modelrun.db.predictions import count_predictions, read_predictions, row_of
+from modelrun.db.predictions import count_predictions, encode_columns, encode_each_row, read_predictions, row_of
 from serving.prediction_journal import Journal
 from serving.prediction_log import PredictionBatch, PredictionLogger, PredictionRecord
 from tests.conftest import fresh_database_url
@@ -148,6 +148,45 @@ def test_a_model_call_becomes_one_row_per_request_with_that_requests_rows(db, op
     ids = [row["request_id"] for row in rows.values()]
     assert len(set(ids)) == 4 and all(len(i) == 40 for i in ids)
     assert sorted(ids) == [rows[f"client-{k}"]["request_id"] for k in range(4)]  # in logging order
+
+
+def test_a_model_call_of_one_row_requests_logs_each_requests_own_values(db, open_logger):
+    # The usual traffic: every request one row. Its rows are encoded for the whole call at once; each row must
+    # hold exactly what that request sent and got, whatever the columns' types, and a column that cannot take
+    # that path (strings) is encoded request by request.
+    n = 7
+    rng = np.random.default_rng(7)
+    features = {"age": rng.integers(18, 90, n), "income": rng.random(n).astype(np.float32), "member": rng.random(n) > 0.5,
+                'odd "name" 100%': rng.random(n), "city": np.array([f"city-{k}".encode() for k in range(n)], dtype=object)}
+    outputs = {"score": rng.random(n).astype(np.float32)}
+    requests = [(f"client-{k}", datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=k), 0.5 + k, 1) for k in range(n)]
+    logger = open_logger()
+    logger.log(PredictionBatch(DEPLOYMENT, 3, features=features, outputs=outputs, requests=requests))
+    wait_until(lambda: db.count() == n, what=f"{n} rows")
+    rows = {row["client_request_id"]: row for row in read_predictions(db.engine, DEPLOYMENT)}
+    for k in range(n):
+        row = rows[f"client-{k}"]
+        assert row["batch_size"] == 1 and row["latency_ms"] == 0.5 + k
+        income = row["features"].pop("income")  # float32: written as its shortest text, read back as a float
+        assert len(income) == 1 and np.float32(income[0]) == features["income"][k]
+        assert row["features"] == {"age": [int(features["age"][k])], "member": [bool(features["member"][k])],
+                                   'odd "name" 100%': [float(features['odd "name" 100%'][k])], "city": [f"city-{k}"]}
+        (score,) = row["outputs"]["score"]
+        assert list(row["outputs"]) == ["score"] and np.float32(score) == outputs["score"][k]
+
+
+def test_rows_encoded_at_once_read_back_as_rows_encoded_one_by_one():
+    rng = np.random.default_rng(3)
+    columns = {"f32": rng.random(5).astype(np.float32), "f64": rng.random(5), "f16": rng.random(5).astype(np.float16),
+               "i64": rng.integers(-2**62, 2**62, 5), "u64": np.array([0, 1, 2**64 - 1, 5, 7], np.uint64),
+               "bool": np.array([True, False, True, True, False]), "not finite": np.array([np.nan, np.inf, -np.inf, 0, -0.0]),
+               'a "quoted", %s key': np.arange(5, dtype=np.int8), "é": np.arange(5, dtype=np.uint16)}
+    assert encode_each_row(columns) == [encode_columns({name: a[k:k + 1] for name, a in columns.items()}) for k in range(5)]
+    # what the one-call path does not take: the caller encodes each row's slice
+    assert encode_each_row({"city": np.array([b"Oslo"], dtype=object)}) is None
+    assert encode_each_row({"x": np.zeros((2, 3))}) is None
+    assert encode_each_row({"x": np.zeros(0)}) is None
+    assert encode_each_row({"x": np.zeros(2), "y": np.zeros(3)}) is None
 
 
 def test_sampling_a_model_call_keeps_or_drops_each_request_whole(sqlite_url, tmp_path):
