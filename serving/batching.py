@@ -77,6 +77,7 @@ class BatchStats:
     succeeded_seconds: float = 0.0  # per answered request: from its arrival to the end of its model call
     failed: int = 0  # requests the model failed on
     failed_seconds: float = 0.0
+    waits_expired: int = 0  # calls that waited the whole max_wait for callers that did not come
 
 
 class Batcher:
@@ -162,6 +163,7 @@ class Batcher:
         deadline = time.monotonic() + self.max_wait
         self._wait_for(expected, self.max_batch_size, deadline)
         if self._queue.empty():  # nobody came within max_wait: the concurrent callers are gone
+            self.stats.waits_expired += 1
             self._recent.clear()
             self._recent.append(1)
             return None
@@ -200,6 +202,7 @@ class Batcher:
                 break
             self._wait_for(expected - len(batch), self.max_batch_size - rows, deadline)
         if expired:  # fewer callers than recently seen: expect only as many as came
+            self.stats.waits_expired += 1
             self._recent.clear()
         self._recent.append(len(batch))
         return batch, False

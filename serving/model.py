@@ -278,10 +278,18 @@ class GraphSession:
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                                           inter_op_parallelism_threads=-1)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
-        # A callable with the feeds in a fixed order skips Session.run's per-call Python (feed dict and fetch
-        # handling): the checks above are done here instead.
+        # A callable with the feeds in a fixed order: Session.run's Python (feed dict, fetch handling, checks)
+        # costs about ten times what running this small a graph does, all of it holding the GIL. The checks it
+        # makes are done in run() instead.
         self.feed_order = list(self.placeholders)
-        self.call = self.session.make_callable(self.fetches, [self.placeholders[name] for name in self.feed_order])
+        feeds = [self.placeholders[name] for name in self.feed_order]
+        try:  # the Session's own callable for fixed feeds and fetches (what Keras' graph functions used)
+            from tensorflow.core.protobuf import config_pb2
+
+            options = config_pb2.CallableOptions(feed=[t.name for t in feeds], fetch=[t.name for t in self.fetches])
+            self.call = self.session._make_callable_from_options(options)
+        except AttributeError:  # a TensorFlow without it (private API): the same through Session.run
+            self.call = self.session.make_callable(self.fetches, feeds)
         self.errors = (tf.errors.InvalidArgumentError,)
 
     def run(self, inputs: dict[str, np.ndarray], eager: Callable[[dict], dict]) -> dict[str, np.ndarray]:

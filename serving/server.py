@@ -126,7 +126,8 @@ async def _shutdown(servers: list, health_servicer, dataplane: DataPlane, logger
     await asyncio.gather(*(server.stop(GRACE_SECONDS) for server in servers))
     await asyncio.to_thread(dataplane.batcher.close)
     stats = dataplane.batcher.stats
-    log.info("served %d requests (%d rows) in %d model calls", stats.requests, stats.rows, stats.calls)
+    log.info("served %d requests (%d rows) in %d model calls (%d waited the whole batching wait)", stats.requests,
+             stats.rows, stats.calls, stats.waits_expired)
     if logger is not None:
         await asyncio.to_thread(logger.close, LOG_CLOSE_SECONDS)
     log.info("stopped")
