@@ -8,8 +8,10 @@ batch dimension is free, so batches of any size reuse it without retracing.
 
 Small models (weights up to `GRAPH_MAX_WEIGHT_BYTES`) run in graph mode instead: the traced function with its
 variables frozen into constants, imported into a `tf.Graph` and run by a `tf.compat.v1.Session` built once at
-load. A Session call takes numpy in and gives numpy out with far less Python per call than an eager function
-call (tensor conversions, argument binding), which for a small tabular model is most of the call. It is used
+load, through the Session's callable for fixed feeds and fetches, with the ops on the calling thread. That call
+takes numpy in and gives numpy out with almost no Python: an eager function call (tensor conversions, argument
+binding) or `Session.run` (feed and fetch handling) costs ten times more than running a small tabular model,
+and all of it holds the GIL the event loop needs. It is used
 only when the frozen graph holds nothing but the model's own inputs (no lookup table or other resource the
 freezing cannot carry) and answers like the eager function on example batches; otherwise the eager path
 stays. The server logs which path a model takes.
