@@ -309,8 +309,8 @@ class Batcher:
         for item in pending:
             item.loop.call_soon_threadsafe(_deliver, [item], [None], RuntimeError("the server is shutting down"))
 
-    def _count(self, batch: list[_Item]) -> float:
-        """Count a call about to start; returns its start time (time.perf_counter())."""
+    def _count(self, batch: list[_Item]) -> None:
+        """Count a call about to start, and its requests' time in the queue."""
         stats = self.stats
         began = time.perf_counter()
         size = len(batch)
@@ -320,7 +320,6 @@ class Batcher:
         stats.queue_seconds += began * size - sum(item.started for item in batch)
         stats.largest = max(stats.largest, size)
         stats.sizes[size] = stats.sizes.get(size, 0) + 1
-        return began
 
 
 def _deliver(batch: list[_Item], results: list, error: BaseException | None) -> None:

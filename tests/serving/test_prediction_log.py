@@ -156,10 +156,12 @@ def test_a_model_call_of_one_row_requests_logs_each_requests_own_values(db, open
     # that path (strings) is encoded request by request.
     n = 7
     rng = np.random.default_rng(7)
-    features = {"age": rng.integers(18, 90, n), "income": rng.random(n).astype(np.float32), "member": rng.random(n) > 0.5,
-                'odd "name" 100%': rng.random(n), "city": np.array([f"city-{k}".encode() for k in range(n)], dtype=object)}
+    features = {"age": rng.integers(18, 90, n), "income": rng.random(n).astype(np.float32),
+                "member": rng.random(n) > 0.5, 'odd "name" 100%': rng.random(n),
+                "city": np.array([f"city-{k}".encode() for k in range(n)], dtype=object)}
     outputs = {"score": rng.random(n).astype(np.float32)}
-    requests = [(f"client-{k}", datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=k), 0.5 + k, 1) for k in range(n)]
+    requests = [(f"client-{k}", datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=k), 0.5 + k, 1)
+                for k in range(n)]
     logger = open_logger()
     logger.log(PredictionBatch(DEPLOYMENT, 3, features=features, outputs=outputs, requests=requests))
     wait_until(lambda: db.count() == n, what=f"{n} rows")
@@ -177,11 +179,13 @@ def test_a_model_call_of_one_row_requests_logs_each_requests_own_values(db, open
 
 def test_rows_encoded_at_once_read_back_as_rows_encoded_one_by_one():
     rng = np.random.default_rng(3)
-    columns = {"f32": rng.random(5).astype(np.float32), "f64": rng.random(5), "f16": rng.random(5).astype(np.float16),
-               "i64": rng.integers(-2**62, 2**62, 5), "u64": np.array([0, 1, 2**64 - 1, 5, 7], np.uint64),
-               "bool": np.array([True, False, True, True, False]), "not finite": np.array([np.nan, np.inf, -np.inf, 0, -0.0]),
+    columns = {"f32": rng.random(5).astype(np.float32), "f64": rng.random(5),
+               "f16": rng.random(5).astype(np.float16), "i64": rng.integers(-2**62, 2**62, 5),
+               "u64": np.array([0, 1, 2**64 - 1, 5, 7], np.uint64), "bool": np.array([True, False, True, True, False]),
+               "not finite": np.array([np.nan, np.inf, -np.inf, 0, -0.0]),
                'a "quoted", %s key': np.arange(5, dtype=np.int8), "é": np.arange(5, dtype=np.uint16)}
-    assert encode_each_row(columns) == [encode_columns({name: a[k:k + 1] for name, a in columns.items()}) for k in range(5)]
+    one_by_one = [encode_columns({name: a[k:k + 1] for name, a in columns.items()}) for k in range(5)]
+    assert encode_each_row(columns) == one_by_one
     # what the one-call path does not take: the caller encodes each row's slice
     assert encode_each_row({"city": np.array([b"Oslo"], dtype=object)}) is None
     assert encode_each_row({"x": np.zeros((2, 3))}) is None
