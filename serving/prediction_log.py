@@ -115,8 +115,8 @@ class PredictionBatch:
         n = len(self.requests)
         features = encode_each_row(self.features) or _each_slice(self.features, n)
         outputs = encode_each_row(self.outputs) or _each_slice(self.outputs, n)
-        return [make_row(self.deployment, self.revision, f"{prefix}{index:04x}", client_id, arrived, 1, features_text,
-                    outputs_text, latency, 0)
+        return [make_row(self.deployment, self.revision, f"{prefix}{index:04x}", client_id, arrived, 1,
+                         features_text, outputs_text, latency, 0)
                 for index, ((client_id, arrived, latency, _), features_text, outputs_text)
                 in enumerate(zip(self.requests, features, outputs))]
 

@@ -202,15 +202,15 @@ def encode_rows(deployment: str, revision: int, request_id: str, client_request_
         if 4 * size > limit:
             size = _utf8_len(features_text) + _utf8_len(outputs_text)
         if size <= limit or n < 2 or not _sliceable(n, features, outputs):
-            return [make_row(deployment, revision, request_id, client_request_id, ts, n, features_text, outputs_text,
-                         latency_ms, 0)]
+            return [make_row(deployment, revision, request_id, client_request_id, ts, n, features_text,
+                             outputs_text, latency_ms, 0)]
         row_bytes = size / n
     elif not _sliceable(n, features, outputs):
         return [encode_row(deployment, revision, request_id, client_request_id, ts, features, outputs, latency_ms)]
     else:
         row_bytes = 0.0  # unknown yet: the first piece measures it
     return [make_row(deployment, revision, piece_id(request_id, part), client_request_id, ts, end - start,
-                 features_text, outputs_text, latency_ms, part)
+                     features_text, outputs_text, latency_ms, part)
             for part, (start, end, features_text, outputs_text) in
             enumerate(_pieces(n, features, outputs, limit, row_bytes))]
 
