@@ -126,8 +126,9 @@ def table_lines(doc: dict) -> list[str]:
                      f"running, {log['rows_after_stop']} after SIGTERM — **{'match' if log['match'] else 'MISMATCH'}**")
     if batching := doc.get("batching"):
         lines.append("- adaptive batching over the whole run (from the server's log at stop): " + "; ".join(
-            f"logging {key}: {b['requests']} requests in {b['calls']} model calls ({b['per_call']:.2f} per call)"
-            for key, b in batching.items()))
+            f"logging {key}: {b['requests']} requests in {b['calls']} model calls ({b['per_call']:.2f} per call"
+            + (f", {b['waits_expired']} waited the whole batching wait" if b.get("waits_expired") is not None else "")
+            + ")" for key, b in batching.items()))
     return lines
 
 

@@ -223,11 +223,13 @@ def count_rows(url: str) -> int:
 
 def batch_stats(server: Server) -> dict | None:
     """Requests per model call over the whole run, from the line the server logs when it stops (if any)."""
-    found = re.search(r"served (\d+) requests \((\d+) rows\) in (\d+) model calls", tail(server, 200))
+    found = re.search(r"served (\d+) requests \((\d+) rows\) in (\d+) model calls(?: \((\d+) waited the whole "
+                      r"batching wait\))?", tail(server, 200))
     if not found:
         return None
     requests, calls = int(found[1]), int(found[3])
-    return {"requests": requests, "calls": calls, "per_call": requests / max(calls, 1)}
+    return {"requests": requests, "calls": calls, "per_call": requests / max(calls, 1),
+            "waits_expired": int(found[4]) if found[4] is not None else None}
 
 
 def served_requests(server: Server) -> int:
