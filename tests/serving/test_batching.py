@@ -277,6 +277,7 @@ def test_concurrent_callers_are_gathered_and_sequential_ones_then_stop_waiting()
         # Recent calls had 3 requests, so the next one waits for 3 arriving 20 ms apart, then starts.
         results = await staggered(batcher, 10, 3)
         assert model.calls[calls_before:] == [3]
+        assert batcher.stats.waits_expired == 0
         for i, result in zip(range(10, 13), results):
             np.testing.assert_array_equal(result["y"], rows(i)["x"] * 2 + rows(i)["x"].sum(axis=1, keepdims=True))
         # Load stops: one lone request waits in vain (recent calls had company), later ones do not wait.
@@ -287,10 +288,11 @@ def test_concurrent_callers_are_gathered_and_sequential_ones_then_stop_waiting()
             took.append(time.monotonic() - began)
             await asyncio.sleep(0.01)
         batcher.close()
-        return calls_before, took
+        return calls_before, took, batcher.stats.waits_expired
 
-    calls_before, took = run(main())
+    calls_before, took, waits_expired = run(main())
     assert model.calls[calls_before:] == [3, 1, 1, 1, 1]
+    assert waits_expired == 1  # the lone request's wait, counted for the server's stop log
     assert took[0] >= 0.8 and max(took[1:]) < 0.5, took
     assert model.calls[:calls_before] == [1, 3]
 
