@@ -245,11 +245,11 @@ class Batcher:
             for item in batch:
                 self._run_alone(item)
             return
-        results, start = [], 0
         if len(outputs) == 1 and total == len(batch):  # one output, one row per request: the common case
             ((name, array),) = outputs.items()
             results = [{name: array[i:i + 1]} for i in range(total)]
         else:
+            results, start = [], 0
             for item in batch:
                 results.append({name: array[start:start + item.rows] for name, array in outputs.items()})
                 start += item.rows

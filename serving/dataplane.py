@@ -41,10 +41,6 @@ class DataPlane:
         self.batcher: Batcher | None = None
         self._inputs: dict[str, TensorSpec] = {}
         self._outputs: dict[str, TensorSpec] = {}
-        self._dtypes: dict[str, np.dtype] = {}  # each input's numpy dtype, for the quick check
-        # Each input's shape after the first dimension when the first is free and every other fixed (the
-        # common case: one tuple comparison checks the shape), else None (TensorSpec.matches).
-        self._trailing: dict[str, tuple | None] = {}
         self._columns: list[str] | None = None  # log column names for a single 2-D input
         # For ModelStatistics (the batcher counts the rest), touched only on the event loop: no lock needed.
         self._rejected = 0  # requests that failed the checks and never reached the model
@@ -58,9 +54,6 @@ class DataPlane:
     def set_model(self, model: Model, batcher: Batcher) -> None:
         """Make the loaded, warmed-up model live. Raises ValueError when feature_names do not fit it."""
         self._inputs = {spec.name: spec for spec in model.inputs}
-        self._dtypes = {spec.name: NUMPY_DTYPES[spec.datatype] for spec in model.inputs}
-        self._trailing = {spec.name: spec.shape[1:] if spec.shape[:1] == (-1,) and -1 not in spec.shape[1:] else None
-                          for spec in model.inputs}
         self._outputs = {spec.name: spec for spec in model.outputs}
         self._columns = self._log_columns(model)
         self.model, self.batcher = model, batcher
@@ -178,14 +171,12 @@ class DataPlane:
         rows = None
         for name, spec in self._inputs.items():
             array = inputs[name]
-            if array.dtype != self._dtypes[name]:  # the common case costs one comparison; strings count as BYTES
+            if array.dtype != NUMPY_DTYPES[spec.datatype]:  # one comparison when it fits; strings count as BYTES
                 got = datatype_of(array)
                 if got != spec.datatype:
                     raise InvalidInput(f"input '{name}': expected {spec.datatype}, got {got}")
             shape = array.shape
-            trailing = self._trailing[name]
-            if not (spec.matches(shape) if trailing is None else
-                    len(shape) == len(spec.shape) and shape[1:] == trailing):
+            if not spec.matches(shape):
                 raise InvalidInput(f"input '{name}': expected shape {format_shape(spec.shape)}, "
                                    f"got {format_shape(shape)}")
             if not shape:

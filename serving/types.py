@@ -52,7 +52,12 @@ class TensorSpec:
     shape: tuple[int, ...]
 
     def matches(self, shape: tuple[int, ...]) -> bool:
-        return len(shape) == len(self.shape) and all(want in (-1, got) for want, got in zip(self.shape, shape))
+        if len(shape) != len(self.shape):
+            return False
+        for want, got in zip(self.shape, shape):  # a plain loop: checked on every request
+            if want != -1 and want != got:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
